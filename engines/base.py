@@ -1,0 +1,145 @@
+"""The engine contract: how a model family plugs into the pool.
+
+A request flows as ``prepare`` (per image, CPU) → ``forward`` (one batched call into the
+runtime's core) → ``postprocess`` (per image). Only the core differs between runtimes: a
+:class:`Core` maps named graphs (``"model"``, or ``"vision"``/``"text"``/``"decoder"`` for
+families split into several) from numpy inputs to numpy outputs, on torch or ONNX Runtime.
+Everything around it lives in the family's module and is shared by both runtimes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+from PIL import Image
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One named checkpoint of a model family.
+
+    Attributes:
+        name: The variant's name in the API (``vits16``, ``small``...).
+        source: A Hugging Face repo id or a local directory.
+        license: The checkpoint's licence, as shown in ``/models/status``.
+    """
+
+    name: str
+    source: str
+    license: str = "unknown"
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Where and how to load one variant.
+
+    Attributes:
+        spec: The variant to load.
+        device: A resolved torch device string (``cpu``, ``cuda:0``).
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        torch_threads: Intra-op threads for torch on CPU.
+        hf_token: Token for gated repos, or None.
+    """
+
+    spec: VariantSpec
+    device: str
+    dtype: str
+    torch_threads: int
+    hf_token: str | None = None
+
+
+class Core(Protocol):
+    """The runtime-specific step: named graphs from numpy arrays to numpy arrays."""
+
+    engine: str
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Run one graph on batched inputs and return its outputs as host arrays."""
+        ...
+
+    def memory_bytes(self) -> int:
+        """Bytes of weights and buffers held by this core."""
+        ...
+
+    def close(self) -> None:
+        """Release the weights (the pool drops its reference afterwards)."""
+        ...
+
+
+@dataclass
+class Prepared:
+    """One pre-processed image.
+
+    Attributes:
+        arrays: The network inputs for this image, without a batch axis.
+        width: Width of the decoded input image.
+        height: Height of the decoded input image.
+        extra: Whatever post-processing needs (scales, padding...).
+    """
+
+    arrays: Arrays
+    width: int
+    height: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_key(self) -> Hashable:
+        """Images with equal keys can share one forward (same input shapes)."""
+        return tuple((name, a.shape) for name, a in sorted(self.arrays.items()))
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+class Pipeline(abc.ABC, Generic[OptionsT]):
+    """A loaded variant: its family's pre/post-processing around a :class:`Core`.
+
+    ``options`` is the request's model-specific part (a msgspec Struct whose attributes the
+    family reads: ``pooling``, ``prompts``, ``threshold``...).
+    """
+
+    def __init__(self, core: Core, checkpoint_dir: Path | None = None) -> None:
+        self.core = core
+        self.checkpoint_dir = checkpoint_dir
+
+    @abc.abstractmethod
+    def prepare(self, image: Image.Image, options: OptionsT) -> Prepared:
+        """Pre-process one RGB image (CPU, thread-safe)."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Sequence[Prepared], options: OptionsT) -> list[Any]:
+        """Run the core on a batch of images sharing a ``batch_key``; one raw output each."""
+
+    @abc.abstractmethod
+    def postprocess(self, raw: Any, prepared: Prepared, options: OptionsT) -> dict[str, Any]:
+        """Turn one image's raw output into its JSON-ready result (CPU, thread-safe)."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Run once after loading so the first request does not pay for lazy set-up."""
+
+
+class Family(abc.ABC):
+    """A model family: its variants, how to load them, and how to write a tiny checkpoint."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    default_variant: str
+    variants: Mapping[str, VariantSpec]
+
+    @abc.abstractmethod
+    def load_torch(self, request: LoadRequest) -> Pipeline[Any]:
+        """Load a variant on the torch runtime."""
+
+    @abc.abstractmethod
+    def write_tiny(self, directory: Path) -> dict[str, str]:
+        """Write tiny random checkpoints into ``directory``; return ``{variant: subdir}``.
+
+        The first variant returned becomes the default in the generated config.
+        """

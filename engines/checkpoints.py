@@ -1,0 +1,47 @@
+"""Finding a checkpoint: a local directory as it is, or a Hugging Face repo snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from engines.errors import InferenceError, NotFoundError
+
+
+def resolve_checkpoint(
+    source: str, token: str | None = None, allow_patterns: Sequence[str] | None = None
+) -> Path:
+    """Return a local directory holding ``source``'s files.
+
+    A path that exists is used as it is; anything else is taken as a Hugging Face repo id and
+    downloaded (or found in the cache) with ``huggingface_hub``, which honours ``HF_HOME`` and
+    ``HF_HUB_OFFLINE``. Gated repos need ``token`` (``HF_TOKEN``).
+
+    Raises:
+        NotFoundError: The source is neither a directory nor a reachable repo.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if source.startswith(("/", ".", "~")):
+        raise NotFoundError(f"Checkpoint directory {source!r} does not exist.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                source, token=token, allow_patterns=list(allow_patterns) if allow_patterns else None
+            )
+        )
+    except GatedRepoError:
+        raise NotFoundError(
+            f"{source} is a gated repository: accept its licence on the Hub and set HF_TOKEN."
+        ) from None
+    except RepositoryNotFoundError:
+        raise NotFoundError(f"No checkpoint {source!r} on the Hugging Face Hub.") from None
+    except Exception as exc:  # network down, offline mode without a cache...
+        raise InferenceError(
+            f"Could not fetch checkpoint {source!r}: {type(exc).__name__}: {exc}. "
+            "Download it beforehand or point the variant's source at a local directory."
+        ) from exc

@@ -1,0 +1,79 @@
+"""The torch runtime: a :class:`~engines.base.Core` over ``nn.Module`` graphs."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from engines.base import Arrays
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+GraphFn = Callable[..., Mapping[str, torch.Tensor]]
+
+
+class TorchCore:
+    """Runs named graphs of a torch module under ``inference_mode``.
+
+    Args:
+        module: The loaded network; kept for memory accounting and release.
+        graphs: Graph name to a function taking tensors by input name and returning tensors.
+        device: Device the module lives on.
+        dtype: Floating dtype of the module; float inputs are cast to it.
+    """
+
+    engine = "torch"
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        graphs: Mapping[str, GraphFn],
+        device: str,
+        dtype: str,
+    ) -> None:
+        self.module = module.eval()
+        self.graphs = dict(graphs)
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Run ``graph``: numpy in, numpy (float32 for floats) out."""
+        tensors = {name: self._to_device(a) for name, a in inputs.items()}
+        with torch.inference_mode():
+            outputs = self.graphs[graph](**tensors)
+        return {name: _to_numpy(t) for name, t in outputs.items() if t is not None}
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if tensor.is_floating_point():
+            return tensor.to(self.device, self.dtype, non_blocking=True)
+        return tensor.to(self.device, non_blocking=True)
+
+    def memory_bytes(self) -> int:
+        """Bytes of parameters and buffers."""
+        tensors = list(self.module.parameters()) + list(self.module.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def close(self) -> None:
+        """Drop the module and return cached GPU memory."""
+        self.graphs.clear()
+        self.module = torch.nn.Module()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
+
+
+def set_torch_threads(threads: int) -> None:
+    """Set torch's intra-op threads once per process (inter-op can only be set before use)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
