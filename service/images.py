@@ -1,0 +1,143 @@
+"""Image inputs: base64, data URIs and URLs into validated RGB images.
+
+Each decoded image keeps its original bytes, so the job queue can carry validated bytes
+instead of pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engines.errors import InvalidInputError, PayloadTooLargeError
+from service.schemas.common import ImageInput, ImageRef
+from service.urlfetch import UrlFetcher
+
+DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
+URL_PREFIX = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A validated RGB image with the bytes it came from."""
+
+    image: Image.Image
+    data: bytes
+
+    @property
+    def width(self) -> int:
+        """Width after EXIF rotation."""
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        """Height after EXIF rotation."""
+        return self.image.height
+
+
+class ImageDecoder:
+    """Turns request image items into :class:`DecodedImage` s.
+
+    Args:
+        fetcher: Fetches URL items under the URL policy.
+        max_pixels: Largest width × height accepted (413 beyond).
+    """
+
+    def __init__(self, fetcher: UrlFetcher, max_pixels: int) -> None:
+        self.fetcher = fetcher
+        self.max_pixels = max_pixels
+
+    async def decode_all(self, items: Sequence[ImageInput]) -> list[DecodedImage]:
+        """Fetch and decode every item concurrently; results in input order."""
+        return list(await asyncio.gather(*(self._decode(i, item) for i, item in enumerate(items))))
+
+    async def fetch_bytes(self, index: int, item: ImageInput) -> bytes:
+        """The raw bytes of one item (base64 decoded or fetched)."""
+        if isinstance(item, ImageRef):
+            if (item.data is None) == (item.url is None):
+                raise InvalidInputError(
+                    f"images[{index}]: give exactly one of 'data' and 'url'."
+                )
+            if item.url is not None:
+                return await self._fetch(index, item.url)
+            return _b64decode(index, item.data or "")
+        if URL_PREFIX.match(item):
+            return await self._fetch(index, item)
+        return _b64decode(index, item)
+
+    async def _fetch(self, index: int, url: str) -> bytes:
+        try:
+            return await self.fetcher.fetch(url)
+        except (InvalidInputError, PayloadTooLargeError) as exc:
+            raise type(exc)(f"images[{index}]: {exc.detail}") from None
+
+    async def _decode(self, index: int, item: ImageInput) -> DecodedImage:
+        data = await self.fetch_bytes(index, item)
+        return await asyncio.to_thread(self.decode_bytes, index, data)
+
+    def decode_bytes(self, index: int, data: bytes) -> DecodedImage:
+        """Decode, check the pixel limit, apply EXIF orientation, convert to RGB."""
+        if not data:
+            raise InvalidInputError(f"images[{index}]: the image is empty.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                pixels = image.width * image.height
+                if pixels > self.max_pixels:
+                    raise PayloadTooLargeError(
+                        f"images[{index}]: {image.width}x{image.height} is {pixels} pixels, "
+                        f"over the limit of {self.max_pixels}."
+                    )
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                rgb = _to_rgb(image)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as exc:
+            raise InvalidInputError(
+                f"images[{index}]: not a decodable image ({type(exc).__name__}); "
+                "send JPEG, PNG, WebP, BMP, TIFF or GIF bytes."
+            ) from None
+        return DecodedImage(rgb, data)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparent pixels become white rather than their hidden colour."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16/32-bit grey: scale the full range to 8 bits instead of clipping at 255.
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
+        image = Image.fromarray(scaled.astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _b64decode(index: int, text: str) -> bytes:
+    match = DATA_URI.match(text)
+    if match:
+        text = text[match.end():]
+    elif text.startswith("data:"):
+        raise InvalidInputError(
+            f"images[{index}]: only base64 data URIs are accepted (data:image/...;base64,...)."
+        )
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"images[{index}]: not valid base64 and not an http(s) URL."
+        ) from None

@@ -1,0 +1,1 @@
+"""Route handlers: thin controllers, one module per concern."""

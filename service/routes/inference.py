@@ -1,0 +1,20 @@
+"""``POST /inference/{model}``: synchronous inference, one handler per model type."""
+
+from __future__ import annotations
+
+from litestar import Controller, post
+
+from service.inference import InferenceService
+from service.schemas.dinov3 import Dinov3Request, Dinov3Response
+
+
+class InferenceController(Controller):
+    """Decode the request, run it through the pool, return the results in input order."""
+
+    path = "/inference"
+    tags = ["inference"]
+
+    @post("/dinov3", status_code=200, summary="DINOv3 image embeddings and patch features")
+    async def dinov3(self, data: Dinov3Request, inference: InferenceService) -> Dinov3Response:
+        """Embed each image; optionally return its patch features on their grid."""
+        return await inference.run("dinov3", data)  # type: ignore[return-value]

@@ -1,0 +1,51 @@
+"""``/models``: status, load, unload."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, get, post
+
+from engines.pool import ModelPool
+from service.schemas.models import (
+    ModelLoadRequest,
+    ModelRef,
+    ModelStatus,
+    ModelStatusList,
+    ModelUnloadRequest,
+    UnloadResult,
+)
+
+
+class ModelsController(Controller):
+    """Model lifecycle."""
+
+    path = "/models"
+    tags = ["models"]
+
+    @get("/status", summary="Every known variant, loaded or not")
+    async def status(self, pool: ModelPool) -> ModelStatusList:
+        """One entry per (model type, variant)."""
+        return msgspec.convert({"models": pool.status()}, ModelStatusList)
+
+    @post("/load", status_code=200, summary="Load a variant")
+    async def load(self, data: ModelLoadRequest, pool: ModelPool) -> ModelStatus:
+        """Load (a no-op when already loaded the same way) and return its status entry."""
+        model = await pool.load(data.model_type, data.variant, device=data.device,
+                                engine=data.engine)
+        entry = next(
+            e for e in pool.status()
+            if e["model_type"] == model.model_type and e["variant"] == model.variant
+        )
+        return msgspec.convert(entry, ModelStatus)
+
+    @post("/unload", status_code=200, summary="Unload one variant or every variant of a type")
+    async def unload(self, data: ModelUnloadRequest, pool: ModelPool) -> UnloadResult:
+        """Unload; what was not loaded is simply not listed."""
+        unloaded = await pool.unload(data.model_type, data.variant)
+        return UnloadResult(unloaded=[ModelRef(model_type=t, variant=v) for t, v in unloaded])
+
+    @post("/unload-all", status_code=200, summary="Unload every model")
+    async def unload_all(self, pool: ModelPool) -> UnloadResult:
+        """Unload everything."""
+        unloaded = await pool.unload_all()
+        return UnloadResult(unloaded=[ModelRef(model_type=t, variant=v) for t, v in unloaded])

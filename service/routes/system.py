@@ -1,0 +1,83 @@
+"""``GET /``, ``GET /health`` and the documentation pages."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+from litestar import MediaType, Request, Response, get
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+
+from engines.devices import list_gpus
+from engines.pool import ModelPool
+from service import __version__
+from service.jobs.base import JobBackend
+from service.schemas.system import (
+    DeviceInfo,
+    Gpu,
+    Health,
+    JobsHealth,
+    LoadedModelInfo,
+    MemoryInfo,
+    RootInfo,
+)
+
+OPENAPI_PATH = "/schema/openapi.json"
+
+
+@get("/", tags=["system"], summary="What this server is")
+async def root(pool: ModelPool) -> RootInfo:
+    """Name, version, the docs' locations and the model types served."""
+    return RootInfo(
+        name="Vision Models API",
+        version=__version__,
+        docs="/docs",
+        redoc="/redoc",
+        openapi=OPENAPI_PATH,
+        models=pool.registry.names(),
+    )
+
+
+@get("/health", tags=["system"], summary="Liveness, devices, memory, loaded models, jobs")
+async def health(request: Request, pool: ModelPool, jobs: JobBackend) -> Health:
+    """Answers while models compute: nothing here waits for the compute threads."""
+    memory = psutil.virtual_memory()
+    jobs_ok, jobs_detail = await jobs.health()
+    gpus = list_gpus()
+    return Health(
+        status="ok",
+        version=__version__,
+        uptime_s=round(time.monotonic() - request.app.state.started_at, 3),
+        device=DeviceInfo(
+            cuda_available=bool(gpus),
+            gpus=[Gpu(**vars(g)) for g in gpus],
+        ),
+        memory=MemoryInfo(
+            process_rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1),
+            system_total_mb=round(memory.total / 2**20, 1),
+            system_available_mb=round(memory.available / 2**20, 1),
+        ),
+        models_loaded=[
+            LoadedModelInfo(model_type=m.model_type, variant=m.variant, device=m.device,
+                            engine=m.engine)
+            for m in pool.loaded()
+        ],
+        jobs=JobsHealth(backend=jobs.name, ok=jobs_ok, detail=jobs_detail),
+    )
+
+
+@get("/docs", include_in_schema=False, media_type=MediaType.HTML)
+async def swagger_ui(request: Request) -> Response[bytes]:
+    """Swagger UI over the generated schema."""
+    return _render(request, SwaggerRenderPlugin())
+
+
+@get("/redoc", include_in_schema=False, media_type=MediaType.HTML)
+async def redoc(request: Request) -> Response[bytes]:
+    """ReDoc over the generated schema."""
+    return _render(request, RedocRenderPlugin())
+
+
+def _render(request: Request, plugin: SwaggerRenderPlugin | RedocRenderPlugin) -> Response[bytes]:
+    schema = request.app.openapi_schema.to_schema()
+    return Response(plugin.render(request, schema), media_type=MediaType.HTML)

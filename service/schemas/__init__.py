@@ -1,0 +1,1 @@
+"""msgspec schemas of the HTTP API: one module per concern."""

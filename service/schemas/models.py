@@ -1,0 +1,62 @@
+"""Model management: load, unload, status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+
+class ModelLoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Load a variant on a device and engine."""
+
+    model_type: str
+    variant: str | None = None
+    device: str | None = None
+    engine: Literal["auto", "onnx", "torch"] | None = None
+
+
+class ModelUnloadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Unload one variant, or every loaded variant of the type when ``variant`` is omitted."""
+
+    model_type: str
+    variant: str | None = None
+
+
+class ModelStatus(msgspec.Struct, kw_only=True):
+    """One known variant; fields that only make sense when loaded are null otherwise."""
+
+    model_type: str
+    variant: str
+    default: bool
+    source: str
+    license: str
+    loaded: bool
+    device: str | None
+    engine: str | None
+    dtype: str | None
+    memory_mb: float | None
+    loaded_at: datetime | None
+    last_used_at: datetime | None
+    requests: int
+    fallback_reason: str | None
+
+
+class ModelStatusList(msgspec.Struct, kw_only=True):
+    """Every known variant."""
+
+    models: list[ModelStatus]
+
+
+class ModelRef(msgspec.Struct, kw_only=True):
+    """A (model type, variant) pair."""
+
+    model_type: str
+    variant: str
+
+
+class UnloadResult(msgspec.Struct, kw_only=True):
+    """What was unloaded."""
+
+    unloaded: list[ModelRef]

@@ -1,0 +1,165 @@
+"""Typed settings, read once from ``VISION_API_*`` variables and an optional TOML file.
+
+Precedence: built-in defaults < the TOML file < environment variables. Each scalar field of a
+group is set by ``VISION_API_<FIELD>`` (field names are unique across groups), e.g.
+``VISION_API_DEVICE=cuda`` or ``VISION_API_URL_ALLOWED_NETWORKS=10.0.0.0/8,192.168.1.0/24``.
+Model variants come from the file only::
+
+    [models.dinov3]
+    default_variant = "vits16"
+    [models.dinov3.variants.vits16]
+    source = "facebook/dinov3-vits16-pretrain-lvd1689m"   # HF repo id or a local directory
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+PREFIX = "VISION_API_"
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How uvicorn serves the app."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Meta(ge=1)] = 1
+    log_level: str = "info"
+
+
+class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Request limits (413 beyond them)."""
+
+    max_images_per_request: Annotated[int, Meta(ge=1)] = 16
+    max_image_pixels: Annotated[int, Meta(ge=1)] = 40_000_000
+    max_body_mb: Annotated[float, Meta(gt=0)] = 128.0
+
+
+class UrlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fetching images by URL."""
+
+    url_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    url_max_bytes: Annotated[int, Meta(ge=1)] = 25 * 2**20
+    url_max_redirects: Annotated[int, Meta(ge=0)] = 3
+    url_allowed_networks: list[str] = msgspec.field(default_factory=list)
+
+
+class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How models are loaded and run."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    engine: str = "auto"
+    torch_threads: Annotated[int, Meta(ge=0)] = 0
+    lazy_loading: bool = True
+    preload: list[str] = msgspec.field(default_factory=list)
+    max_batch_size: Annotated[int, Meta(ge=1)] = 8
+    compute_workers: Annotated[int, Meta(ge=1)] = 1
+    artifacts_dir: str = "artifacts"
+
+
+class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The async job queue."""
+
+    redis_url: str | None = None
+    job_concurrency: Annotated[int, Meta(ge=1)] = 1
+    job_retention_s: Annotated[float, Meta(gt=0)] = 3600.0
+    max_pending_jobs: Annotated[int, Meta(ge=1)] = 1000
+    embedded_worker: bool = False
+    job_timeout_s: Annotated[float, Meta(gt=0)] = 3600.0
+    job_max_tries: Annotated[int, Meta(ge=1)] = 3
+    redis_key_prefix: str = "vision-api"
+
+
+class VariantConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A variant declared in the config file."""
+
+    source: str
+    license: str | None = None
+
+
+class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One model type's section of the config file."""
+
+    default_variant: str | None = None
+    variants: dict[str, VariantConfig] = msgspec.field(default_factory=dict)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything configurable, grouped."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    urls: UrlSettings = msgspec.field(default_factory=UrlSettings)
+    runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
+    jobs: JobSettings = msgspec.field(default_factory=JobSettings)
+    models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    config_file: str | None = None
+
+    @property
+    def hf_token(self) -> str | None:
+        """``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``) for gated repos."""
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+    @classmethod
+    def load(
+        cls, config_file: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read defaults, then the TOML file, then ``VISION_API_*`` variables.
+
+        Args:
+            config_file: A TOML file; defaults to ``VISION_API_CONFIG`` when set.
+            environ: The environment to read (``os.environ`` by default).
+
+        Raises:
+            ValueError: The file or a variable holds something invalid (the message says which).
+        """
+        environ = os.environ if environ is None else environ
+        config_file = config_file or environ.get(PREFIX + "CONFIG") or None
+        raw: dict[str, Any] = {}
+        if config_file:
+            path = Path(config_file).expanduser()
+            try:
+                raw = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ValueError(f"Cannot read config file {path}: {exc}") from exc
+            raw["config_file"] = str(path)
+        for group, fields in _GROUP_FIELDS.items():
+            for name, kind in fields.items():
+                value = environ.get(PREFIX + name.upper())
+                if value is not None:
+                    raw.setdefault(group, {})[name] = _parse_env(value, kind)
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"Invalid settings: {exc}") from exc
+
+
+def _parse_env(value: str, kind: Any) -> Any:
+    if kind is list:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if value == "" and kind is not str:
+        return None
+    return value
+
+
+def _group_fields() -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for group_field in msgspec.structs.fields(Settings):
+        if not isinstance(group_field.type, type) or not issubclass(group_field.type, msgspec.Struct):
+            continue
+        groups[group_field.name] = {
+            f.name: list if getattr(f.type, "__origin__", None) is list else str
+            for f in msgspec.structs.fields(group_field.type)
+        }
+    return groups
+
+
+_GROUP_FIELDS = _group_fields()
