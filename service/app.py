@@ -75,10 +75,13 @@ def build_jobs(settings: Settings, inference: InferenceService) -> JobBackend:
     return create_backend(settings, inference)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the Litestar app for ``settings`` (read from the environment when omitted)."""
+def create_app(settings: Settings | None = None, registry: FamilyRegistry | None = None) -> Litestar:
+    """Build the Litestar app for ``settings`` (read from the environment when omitted).
+
+    ``registry`` replaces the built-in model families (tests drive HTTP mechanics with it).
+    """
     settings = settings or Settings.load()
-    pool = build_pool(settings)
+    pool = build_pool(settings, registry)
     inference = build_inference(settings, pool)
     jobs = build_jobs(settings, inference)
 

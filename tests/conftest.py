@@ -1,0 +1,99 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder: tests/unit → unit, tests/integration → integration."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "unit" in parts:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def asset_b64(name: str) -> str:
+    """Base64 of a test photo."""
+    return base64.b64encode((ASSETS / name).read_bytes()).decode()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory written by ``vision-api tiny-models``; its config is ``config.toml``."""
+    from engines.tiny import write_tiny_models
+
+    directory = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_models(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_models: Path) -> Path:
+    """The config.toml that serves the tiny checkpoints."""
+    return tiny_models / "config.toml"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: list[str], env: dict[str, str], port: int, timeout_s: float = 60) -> subprocess.Popen[bytes]:
+    """Start ``vision-api serve`` (or another CLI command) and wait for ``/health``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy")
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_config: Path) -> Iterator[str]:
+    """The real app under uvicorn (``vision-api serve``) on a free port, serving tiny models."""
+    port = free_port()
+    proc = start_server(
+        ["serve", "--config", str(tiny_config), "--port", str(port)],
+        {"VISION_API_REDIS_URL": ""},
+        port,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
