@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar import Controller, post
 
 from service.inference import InferenceService
@@ -15,6 +17,6 @@ class InferenceController(Controller):
     tags = ["inference"]
 
     @post("/dinov3", status_code=200, summary="DINOv3 image embeddings and patch features")
-    async def dinov3(self, data: Dinov3Request, inference: InferenceService) -> Dinov3Response:
+    async def dinov3(self, data: JSONBody[Dinov3Request], inference: NamedDependency[InferenceService]) -> Dinov3Response:
         """Embed each image; optionally return its patch features on their grid."""
         return await inference.run("dinov3", data)  # type: ignore[return-value]

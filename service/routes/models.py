@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import msgspec
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar import Controller, get, post
 
 from engines.pool import ModelPool
@@ -23,12 +25,12 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("/status", summary="Every known variant, loaded or not")
-    async def status(self, pool: ModelPool) -> ModelStatusList:
+    async def status(self, pool: NamedDependency[ModelPool]) -> ModelStatusList:
         """One entry per (model type, variant)."""
         return msgspec.convert({"models": pool.status()}, ModelStatusList)
 
     @post("/load", status_code=200, summary="Load a variant")
-    async def load(self, data: ModelLoadRequest, pool: ModelPool) -> ModelStatus:
+    async def load(self, data: JSONBody[ModelLoadRequest], pool: NamedDependency[ModelPool]) -> ModelStatus:
         """Load (a no-op when already loaded the same way) and return its status entry."""
         model = await pool.load(data.model_type, data.variant, device=data.device,
                                 engine=data.engine)
@@ -39,13 +41,13 @@ class ModelsController(Controller):
         return msgspec.convert(entry, ModelStatus)
 
     @post("/unload", status_code=200, summary="Unload one variant or every variant of a type")
-    async def unload(self, data: ModelUnloadRequest, pool: ModelPool) -> UnloadResult:
+    async def unload(self, data: JSONBody[ModelUnloadRequest], pool: NamedDependency[ModelPool]) -> UnloadResult:
         """Unload; what was not loaded is simply not listed."""
         unloaded = await pool.unload(data.model_type, data.variant)
         return UnloadResult(unloaded=[ModelRef(model_type=t, variant=v) for t, v in unloaded])
 
     @post("/unload-all", status_code=200, summary="Unload every model")
-    async def unload_all(self, pool: ModelPool) -> UnloadResult:
+    async def unload_all(self, pool: NamedDependency[ModelPool]) -> UnloadResult:
         """Unload everything."""
         unloaded = await pool.unload_all()
         return UnloadResult(unloaded=[ModelRef(model_type=t, variant=v) for t, v in unloaded])

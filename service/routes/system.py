@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import psutil
+from litestar.di import NamedDependency
 from litestar import MediaType, Request, Response, get
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
@@ -26,7 +27,7 @@ OPENAPI_PATH = "/schema/openapi.json"
 
 
 @get("/", tags=["system"], summary="What this server is")
-async def root(pool: ModelPool) -> RootInfo:
+async def root(pool: NamedDependency[ModelPool]) -> RootInfo:
     """Name, version, the docs' locations and the model types served."""
     return RootInfo(
         name="Vision Models API",
@@ -39,7 +40,7 @@ async def root(pool: ModelPool) -> RootInfo:
 
 
 @get("/health", tags=["system"], summary="Liveness, devices, memory, loaded models, jobs")
-async def health(request: Request, pool: ModelPool, jobs: JobBackend) -> Health:
+async def health(request: Request, pool: NamedDependency[ModelPool], jobs: NamedDependency[JobBackend]) -> Health:
     """Answers while models compute: nothing here waits for the compute threads."""
     memory = psutil.virtual_memory()
     jobs_ok, jobs_detail = await jobs.health()

@@ -1,0 +1,86 @@
+"""A fake model family that drives the pool's and the HTTP layer's mechanics.
+
+Every real family is tested through its real code; this one only makes timing observable
+(a forward that waits on an event, a load that counts itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.registry import FamilyRegistry
+
+
+class GateCore:
+    """A core whose forward blocks until ``gate`` is set."""
+
+    engine = "torch"
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.closed = False
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("gate never opened")
+        if self.closed:
+            raise RuntimeError("ran after close")
+        return {"sum": inputs["x"].reshape(len(inputs["x"]), -1).sum(axis=1)}
+
+    def memory_bytes(self) -> int:
+        return 1024
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class GatePipeline(Pipeline[Any]):
+    def prepare(self, image: Image.Image, options: Any) -> Prepared:
+        return Prepared({"x": np.asarray(image, np.float32)}, image.width, image.height)
+
+    def forward(self, batch: Sequence[Prepared], options: Any) -> list[Any]:
+        out = self.core.run("model", {"x": np.stack([p.arrays["x"] for p in batch])})
+        return [{"sum": float(s), "batch": len(batch)} for s in out["sum"]]
+
+    def postprocess(self, raw: Any, prepared: Prepared, options: Any) -> dict[str, Any]:
+        return {**raw, "width": prepared.width}
+
+
+class GateFamily(Family):
+    name = "gate"
+    aliases = ("gate_alias",)
+    default_variant = "one"
+    variants = {"one": VariantSpec("one", "memory://one"), "two": VariantSpec("two", "memory://two")}
+
+    def __init__(self, load_s: float = 0.2) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.loads = 0
+        self.load_s = load_s
+        self.cores: list[GateCore] = []
+
+    def load_torch(self, request: LoadRequest) -> GatePipeline:
+        self.loads += 1
+        time.sleep(self.load_s)
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("gate never opened")
+        core = GateCore(self.gate)
+        self.cores.append(core)
+        return GatePipeline(core)
+
+    def write_tiny(self, directory: Path) -> dict[str, str]:
+        return {}
+
+
+def gate_registry(family: GateFamily) -> FamilyRegistry:
+    registry = FamilyRegistry()
+    registry.register(family)
+    return registry

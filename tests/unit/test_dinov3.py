@@ -1,0 +1,84 @@
+"""DINOv3 pre-processing and embeddings against transformers' reference recipe."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engines.base import VariantSpec
+from engines.families.dinov3 import Preprocessing, load_preprocessing
+from engines.pool import ModelPool, PoolConfig
+from engines.registry import VariantTable, default_registry
+from tests.conftest import ASSETS
+
+MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def reference_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """The HF processor's order: rescale → antialiased bilinear resize on float → normalise."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x[0] - MEAN) / STD
+
+
+def pil_reference_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """The classic Pillow recipe (resize on uint8), a second independent reference."""
+    resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    x = torch.from_numpy(np.asarray(resized)).permute(2, 0, 1).float() / 255
+    return (x - MEAN) / STD
+
+
+@dataclass
+class Options:
+    pooling: str = "cls"
+    normalize: bool = False
+    return_patch_features: bool = False
+
+
+@pytest.mark.parametrize("photo", ["chelsea.jpg", "astronaut.png", "camera.png", "rocket.jpg"])
+def test_preprocessing_matches_reference(tiny_models: Path, photo: str) -> None:
+    image = Image.open(ASSETS / photo).convert("RGB")
+    ours = torch.from_numpy(load_preprocessing(tiny_models / "dinov3-tiny")(image))
+    assert ours.shape == (3, 224, 224)
+    assert (ours - reference_pixels(image)).abs().max() <= 0.02
+    assert (ours - pil_reference_pixels(image)).abs().mean() <= 0.02
+
+
+def test_preprocessing_reads_the_checkpoint_config() -> None:
+    recipe = Preprocessing.from_config(
+        {"size": {"height": 256, "width": 320}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    )
+    pixels = recipe(Image.new("RGB", (100, 50), (255, 0, 127)))
+    assert pixels.shape == (3, 256, 320)
+    np.testing.assert_allclose(pixels[:, 0, 0], [1.0, -1.0, (127 / 255 - 0.5) / 0.5], atol=1e-5)
+
+
+def test_served_embedding_equals_transformers(tiny_models: Path) -> None:
+    from transformers import DINOv3ViTModel
+
+    checkpoint = tiny_models / "dinov3-tiny"
+    reference = DINOv3ViTModel.from_pretrained(checkpoint).eval()
+    images = [Image.open(ASSETS / p).convert("RGB") for p in ("chelsea.jpg", "coffee.png")]
+    with torch.inference_mode():
+        out = reference(pixel_values=torch.stack([reference_pixels(im) for im in images]))
+    pool = ModelPool(
+        default_registry(),
+        PoolConfig(variants={"dinov3": VariantTable("t", {"t": VariantSpec("t", str(checkpoint))})}),
+    )
+    for pooling, expected in (
+        ("cls", out.pooler_output),
+        ("mean", out.last_hidden_state[:, 1 + 4 :].mean(dim=1)),
+    ):
+        outcome = asyncio.run(pool.infer("dinov3", None, images, Options(pooling=pooling)))
+        for result, want in zip(outcome.results, expected, strict=True):
+            got = torch.tensor(result["embedding"])
+            assert F.cosine_similarity(got, want, dim=0) >= 0.999
+    asyncio.run(pool.close())
