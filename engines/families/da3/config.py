@@ -45,6 +45,7 @@ class Da3Config:
         sky_head: The DPT head has a sky channel.
         has_gs_head: The checkpoint carries a 3D-Gaussian head; its weights are skipped.
         is_metric: Depth is metric up to the focal length (``metric_depth_m``).
+
     """
 
     model_name: str
@@ -115,6 +116,7 @@ class Da3Config:
 
         Raises:
             ValueError: Unknown preset, or explicit fields that are incomplete or invalid.
+
         """
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in names}
