@@ -33,6 +33,7 @@ def encode_mask(mask: np.ndarray, fmt: str) -> Any:
 
     Raises:
         InvalidInputError: ``fmt`` is not one of :data:`FORMATS`.
+
     """
     mask = np.asarray(mask).astype(bool, copy=False)
     if fmt == "dense":
@@ -105,5 +106,5 @@ def decode_mask(encoded: Any, fmt: str, height: int, width: int) -> np.ndarray:
         return canvas.astype(bool)
     if fmt == "png":
         data = np.frombuffer(base64.b64decode(encoded), np.uint8)
-        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) > 0
+        return np.asarray(cv2.imdecode(data, cv2.IMREAD_UNCHANGED)) > 0
     raise InvalidInputError(f"Unknown output format {fmt!r}: use one of {', '.join(FORMATS)}.")

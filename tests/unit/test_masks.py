@@ -12,6 +12,8 @@ from engines.errors import InvalidInputError
 from engines.masks import FORMATS, decode_mask, encode_mask
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# pycocotools' decode trips a numpy 2 DeprecationWarning inside its own code.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +115,10 @@ def test_degenerate_shapes_are_dropped_from_polygons() -> None:
     polygons = encode_mask(mask, "polygon")
     assert len(polygons) == 1
     assert sorted(zip(polygons[0][::2], polygons[0][1::2], strict=True)) == [
-        (30, 30), (30, 44), (44, 30), (44, 44)
+        (30, 30),
+        (30, 44),
+        (44, 30),
+        (44, 44),
     ]
 
 

@@ -1,0 +1,399 @@
+"""SAM3: text-prompted instance segmentation (``facebook/sam3`` through transformers).
+
+Each image is encoded once and every prompt of the request runs against that encoding: the
+core has three graphs, ``vision`` (pixel_values → the FPN levels the detector reads),
+``text`` (token ids → projected text features) and ``decoder`` (one row per prompt: image
+levels + text features → masks, boxes, logits, presence), so work grows with prompts only by
+the decoder's cost and an image-embedding cache can sit between :meth:`Sam3Pipeline.encode_images`
+and :meth:`Sam3Pipeline.decode`.
+
+Pre-processing follows the checkpoint's ``preprocessor_config.json`` (released: 1008×1008
+without keeping the aspect ratio, 1/255, mean = std = 0.5). Post-processing is transformers'
+``Sam3ImageProcessor.post_process_instance_segmentation``: score = sigmoid(logit) ·
+sigmoid(presence), kept when above ``threshold``; mask probabilities (sigmoid) resized
+bilinearly to the input size, then ``> mask_threshold``; no NMS. Boxes are the model's xyxy
+scaled to input pixels, unclipped, as the reference gives them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from engines.base import Arrays, Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.checkpoints import resolve_checkpoint
+from engines.errors import InvalidInputError
+from engines.images import image_to_chw_float, resize_normalize
+from engines.masks import FORMATS, encode_mask
+
+LICENSE = "SAM License (gated)"
+VARIANTS = {"sam3": VariantSpec("sam3", "facebook/sam3", LICENSE)}
+# The released recipe (Sam3ImageProcessor's defaults), for keys a config file lacks.
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "do_resize": True,
+    "size": {"height": 1008, "width": 1008},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+# Decoder rows per call: bounds memory (each row holds Q full-size mask logits and the pixel
+# decoder's activations) while still batching prompts.
+PROMPTS_PER_CALL = 8
+# Images per vision-encoder call: the ViT's activations are ~1 GB per 1008² image.
+IMAGES_PER_CALL = 4
+
+
+class Sam3Options(Protocol):
+    """The request fields this family reads."""
+
+    prompts: Sequence[str]
+    threshold: float
+    mask_threshold: float
+    output_format: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Fixed-size resize, rescale and normalise, as the checkpoint prescribes."""
+
+    size: tuple[int, int]
+    resample: int
+    rescale_factor: float | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Preprocessing:
+        """Read a ``preprocessor_config.json`` dict (missing keys take the released values)."""
+        merged = {**DEFAULT_PREPROCESSING, **config}
+        size = merged["size"] or DEFAULT_PREPROCESSING["size"]
+        normalize = merged.get("do_normalize", True)
+        return cls(
+            size=(int(size["height"]), int(size["width"])),
+            resample=int(merged.get("resample") or 2),
+            rescale_factor=float(merged["rescale_factor"]) if merged.get("do_rescale") else None,
+            mean=tuple(merged["image_mean"]) if normalize else None,
+            std=tuple(merged["image_std"]) if normalize else None,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocessing:
+        """Read ``path/preprocessor_config.json``; the released recipe if there is none."""
+        file = path / "preprocessor_config.json"
+        return cls.from_config(json.loads(file.read_text()) if file.exists() else {})
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Pre-process an RGB image into a (3, H, W) float32 array."""
+        pixels = image_to_chw_float(image, self.rescale_factor)
+        mode = "bicubic" if self.resample == 3 else "bilinear"
+        return resize_normalize(pixels, self.size, mode, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A request's prompts tokenised and padded to the text encoder's length: (P, L) each."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+class PromptTokenizer:
+    """The checkpoint's CLIP tokenizer, padding to ``max_length`` and refusing to truncate.
+
+    Args:
+        tokenizer: A transformers tokenizer.
+        max_length: Tokens the text encoder reads (its position embeddings), with BOS/EOS.
+
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self._cached = lru_cache(maxsize=256)(self._tokenize)
+        # Images of one request are prepared on several threads; one of them tokenises.
+        self._lock = threading.Lock()
+
+    def __call__(self, prompts: Sequence[str]) -> Tokens:
+        """Tokenise ``prompts`` (cached: every image of a request shares one result).
+
+        Raises:
+            InvalidInputError: No prompts, a blank prompt, or one longer than ``max_length``.
+
+        """
+        with self._lock:
+            return self._cached(tuple(prompts))
+
+    def _tokenize(self, prompts: tuple[str, ...]) -> Tokens:
+        if not prompts:
+            raise InvalidInputError("At least one prompt is required.")
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise InvalidInputError(f"Prompt {index} is empty; give a short noun phrase.")
+        sequences = self.tokenizer(list(prompts))["input_ids"]
+        input_ids = np.full((len(prompts), self.max_length), self.pad_token_id, np.int64)
+        attention_mask = np.zeros((len(prompts), self.max_length), np.int64)
+        for index, (prompt, ids) in enumerate(zip(prompts, sequences, strict=True)):
+            if len(ids) > self.max_length:
+                raise InvalidInputError(
+                    f"Prompt {index} ({prompt!r}) is {len(ids)} tokens long; SAM3 reads at most "
+                    f"{self.max_length} (start and end tokens included). Shorten it."
+                )
+            # Padding on the right, as Sam3Processor's padding="max_length" does.
+            input_ids[index, : len(ids)] = ids
+            attention_mask[index, : len(ids)] = 1
+        return Tokens(input_ids, attention_mask)
+
+
+@dataclass
+class Detections:
+    """One image's kept queries over all prompts (K of them), before resizing masks.
+
+    Attributes:
+        prompt_index: (K,) index of the prompt each instance answers.
+        scores: (K,) sigmoid(logit) · sigmoid(presence).
+        boxes: (K, 4) xyxy in [0, 1] of the network input.
+        mask_logits: (K, h, w) mask logits at the decoder's resolution.
+
+    """
+
+    prompt_index: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    mask_logits: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[Detections]) -> Detections:
+        """Join detections of several prompt chunks."""
+        return cls(
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("prompt_index", "scores", "boxes", "mask_logits")
+            )
+        )
+
+
+class Sam3Pipeline(Pipeline[Sam3Options]):
+    """SAM3 around a core with graphs ``vision``, ``text`` and ``decoder``.
+
+    Graph contract (numpy in and out, floats float32 at the boundary):
+
+    - ``vision``: ``pixel_values`` (B, 3, H, W) → ``fpn_hidden_states_{i}`` and
+      ``fpn_position_encoding_{i}`` (B, C, h_i, w_i) for the ``levels`` FPN levels the
+      detector reads (the coarsest FPN output is not used by SAM3 and not returned).
+    - ``text``: ``input_ids``, ``attention_mask`` (P, L) int64 → ``text_features`` (P, L, C).
+    - ``decoder``: the vision outputs of one image with batch P, or batch 1 (broadcast to P),
+      plus ``text_features`` and ``attention_mask`` → ``pred_masks`` (P, Q, h, w) logits,
+      ``pred_boxes`` (P, Q, 4) xyxy in [0, 1], ``pred_logits`` (P, Q), ``presence_logits``
+      (P, 1).
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        preprocessing: Preprocessing,
+        tokenizer: PromptTokenizer,
+        *,
+        levels: int,
+        prompts_per_call: int = PROMPTS_PER_CALL,
+        images_per_call: int = IMAGES_PER_CALL,
+        warmup_vision: bool = True,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
+        super().__init__(core, checkpoint_dir)
+        self.preprocessing = preprocessing
+        self.tokenizer = tokenizer
+        self.vision_names = vision_output_names(levels)
+        self.prompts_per_call = prompts_per_call
+        self.images_per_call = images_per_call
+        self.warmup_vision = warmup_vision
+
+    # -- the Pipeline contract -------------------------------------------------------------
+    def prepare(self, image: Image.Image, options: Sam3Options) -> Prepared:
+        """Check the options, tokenise the prompts (once per request) and pre-process the image.
+
+        Raises:
+            InvalidInputError: Unknown output format, or a prompt that is blank or too long.
+
+        """
+        if options.output_format not in FORMATS:
+            raise InvalidInputError(
+                f"Unknown output format {options.output_format!r}: use one of {', '.join(FORMATS)}."
+            )
+        tokens = self.tokenizer(options.prompts)
+        pixels = self.preprocessing(image)
+        return Prepared({"pixel_values": pixels}, image.width, image.height, {"tokens": tokens})
+
+    def forward(self, batch: Sequence[Prepared], options: Sam3Options) -> list[Detections]:
+        """Encode the images and the prompts once each, then decode every (image, prompt) pair."""
+        tokens: Tokens = batch[0].extra["tokens"]
+        text = self.encode_text(tokens)
+        embeddings = self.encode_images(np.stack([p.arrays["pixel_values"] for p in batch]))
+        return [self.decode(embedding, text, options.threshold) for embedding in embeddings]
+
+    def postprocess(
+        self, raw: Detections, prepared: Prepared, options: Sam3Options
+    ) -> dict[str, Any]:
+        """Resize and binarise the kept masks, scale the boxes, sort by score."""
+        import torch
+        import torch.nn.functional as F
+
+        width, height = prepared.width, prepared.height
+        scale = np.asarray([width, height, width, height], np.float32)
+        # Stable sort: equal scores keep prompt order, then query order.
+        order = np.argsort(-raw.scores, kind="stable")
+        instances = []
+        for k in order:
+            # One mask at a time: at input resolution each is H·W floats.
+            probs = torch.from_numpy(raw.mask_logits[k][None, None]).sigmoid()
+            resized = F.interpolate(
+                probs, size=(height, width), mode="bilinear", align_corners=False
+            )
+            mask = (resized[0, 0] > options.mask_threshold).numpy()
+            prompt_index = int(raw.prompt_index[k])
+            instances.append(
+                {
+                    "prompt": options.prompts[prompt_index],
+                    "prompt_index": prompt_index,
+                    "score": float(raw.scores[k]),
+                    "box": [float(v) for v in raw.boxes[k] * scale],
+                    "area": int(mask.sum()),
+                    "mask": encode_mask(mask, options.output_format),
+                }
+            )
+        return {"width": width, "height": height, "instances": instances}
+
+    def warmup(self) -> None:
+        """Run the text path, and the image path unless it would only cost time (CPU)."""
+        options = _WarmupOptions()
+        prepared = self.prepare(Image.new("RGB", (64, 64)), options)
+        if self.warmup_vision:
+            self.forward([prepared], options)
+        else:
+            self.encode_text(prepared.extra["tokens"])
+
+    # -- the steps, separately callable (for an embedding cache) ----------------------------
+    def encode_images(self, pixel_values: np.ndarray) -> list[Arrays]:
+        """Run the vision graph on (B, 3, H, W) pixels; one embedding dict per image."""
+        embeddings: list[Arrays] = []
+        for start in range(0, len(pixel_values), self.images_per_call):
+            out = self.core.run(
+                "vision", {"pixel_values": pixel_values[start : start + self.images_per_call]}
+            )
+            count = len(out[self.vision_names[0]])
+            embeddings += [
+                {name: out[name][i : i + 1] for name in self.vision_names} for i in range(count)
+            ]
+        return embeddings
+
+    def encode_text(self, tokens: Tokens) -> Arrays:
+        """Run the text graph; returns ``text_features`` and the ``attention_mask`` it needs."""
+        out = self.core.run(
+            "text", {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+        )
+        return {"text_features": out["text_features"], "attention_mask": tokens.attention_mask}
+
+    def decode(self, embedding: Arrays, text: Arrays, threshold: float) -> Detections:
+        """Run every prompt against one image's embedding; keep queries scoring above threshold.
+
+        Args:
+            embedding: One image's vision outputs, batch axis 1 (see :meth:`encode_images`).
+            text: The prompts' ``text_features`` and ``attention_mask`` (P rows).
+            threshold: Scores must be strictly greater to be kept.
+
+        """
+        prompts = len(text["text_features"])
+        parts = []
+        for start in range(0, prompts, self.prompts_per_call):
+            rows = slice(start, start + self.prompts_per_call)
+            out = self.core.run("decoder", {**embedding, **{k: v[rows] for k, v in text.items()}})
+            scores = _sigmoid(out["pred_logits"]) * _sigmoid(out["presence_logits"])
+            prompt, query = np.nonzero(scores > threshold)
+            parts.append(
+                Detections(
+                    prompt_index=(prompt + start).astype(np.int64),
+                    scores=scores[prompt, query],
+                    boxes=out["pred_boxes"][prompt, query],
+                    mask_logits=out["pred_masks"][prompt, query],
+                )
+            )
+        return Detections.concat(parts)
+
+
+@dataclass
+class _WarmupOptions:
+    prompts: Sequence[str] = ("object",)
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    output_format: str = "rle"
+
+
+def vision_output_names(levels: int) -> list[str]:
+    """Names of the vision graph's outputs (and the decoder's image inputs)."""
+    return [f"fpn_hidden_states_{i}" for i in range(levels)] + [
+        f"fpn_position_encoding_{i}" for i in range(levels)
+    ]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Sam3Family(Family):
+    """SAM3's image detector (``Sam3Model``, text prompts) through transformers."""
+
+    name = "sam3"
+    default_variant = "sam3"
+    variants = VARIANTS
+    graphs = ("vision", "text", "decoder")
+
+    def load_torch(self, request: LoadRequest) -> Sam3Pipeline:
+        """Load ``Sam3Model`` and the checkpoint's tokenizer; split into three graphs."""
+        from transformers import AutoTokenizer, Sam3Model
+
+        from engines.families.sam3_graphs import torch_graphs
+        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+
+        set_torch_threads(request.torch_threads)
+        path = resolve_checkpoint(
+            request.spec.source,
+            request.hf_token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt"],
+        )
+        model: Any = Sam3Model.from_pretrained(path, dtype=DTYPES[request.dtype])
+        model = model.to(request.device).eval()
+        config = model.config  # the detector's config, also when the file is a video config
+        levels = len(config.vision_config.scale_factors) - 1
+        tokenizer = PromptTokenizer(
+            AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
+        )
+        core = TorchCore(model, torch_graphs(model, levels), request.device, request.dtype)
+        return Sam3Pipeline(
+            core,
+            Preprocessing.load(path),
+            tokenizer,
+            levels=levels,
+            warmup_vision=not request.device.startswith("cpu"),
+            checkpoint_dir=path,
+        )
+
+    def write_tiny(self, directory: Path) -> dict[str, str]:
+        """Write a tiny random ``Sam3Model`` with a small CLIP tokenizer, at 112×112 input."""
+        from engines.families.sam3_tiny import write_tiny_checkpoint
+
+        target = directory / "sam3-tiny"
+        write_tiny_checkpoint(target)
+        return {"tiny": target.name}

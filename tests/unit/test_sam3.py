@@ -1,0 +1,421 @@
+"""SAM3 through the pool on a tiny checkpoint, against transformers' model and post-processing."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engines.base import VariantSpec
+from engines.errors import InvalidInputError
+from engines.families.sam3 import Preprocessing, Sam3Family, Sam3Pipeline
+from engines.masks import FORMATS, decode_mask
+from engines.pool import ModelPool, PoolConfig
+from engines.registry import VariantTable, default_registry
+from tests.conftest import ASSETS
+
+PHOTOS = ("chelsea.jpg", "camera.png", "coffee.png")
+# pycocotools' decode trips a numpy 2 DeprecationWarning inside its own code.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@dataclass
+class Options:
+    prompts: list[str] = field(default_factory=lambda: ["cat", "a red dog", "person"])
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    output_format: str = "rle"
+
+
+def photo(name: str) -> Image.Image:
+    return Image.open(ASSETS / name).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("sam3")
+    return directory / Sam3Family().write_tiny(directory)["tiny"]
+
+
+@pytest.fixture(scope="module")
+def reference_model(checkpoint: Path) -> Any:
+    from transformers import Sam3Model
+
+    return Sam3Model.from_pretrained(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def reference_tokenizer(checkpoint: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+@pytest.fixture
+async def pool(checkpoint: Path) -> AsyncIterator[ModelPool]:
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(variants={"sam3": VariantTable("tiny", {"tiny": spec})})
+    pool = ModelPool(default_registry(), config)
+    yield pool
+    await pool.close()
+
+
+async def pipeline_of(pool: ModelPool) -> Sam3Pipeline:
+    pipeline = (await pool.load("sam3")).pipeline
+    assert isinstance(pipeline, Sam3Pipeline)
+    return pipeline
+
+
+# -- the reference ------------------------------------------------------------------------
+def reference_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """Sam3ImageProcessor's recipe: antialiased bilinear resize of the uint8 image, 1/255, ±0.5."""
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x[0].float() / 255 - 0.5) / 0.5
+
+
+def _reference_post_processing() -> Any:
+    """transformers' own ``post_process_instance_segmentation``, taken from its source file.
+
+    The module imports torchvision at the top, which cannot be imported here; the function
+    itself needs only torch, so its source (and ``_scale_boxes``) is compiled on its own.
+    """
+    import transformers.models.sam3 as sam3
+
+    source = (Path(inspect.getfile(sam3)).parent / "image_processing_sam3.py").read_text()
+    tree = ast.parse(source)
+    wanted: list[ast.stmt] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "_scale_boxes":
+            wanted.append(node)
+        if isinstance(node, ast.ClassDef) and node.name == "Sam3ImageProcessor":
+            wanted += [
+                n
+                for n in node.body
+                if isinstance(n, ast.FunctionDef) and n.name == "post_process_instance_segmentation"
+            ]
+    assert len(wanted) == 2, "transformers' SAM3 post-processing moved; update this test"
+    namespace: dict[str, Any] = {"torch": torch}
+    exec(compile(ast.Module(wanted, []), "image_processing_sam3.py", "exec"), namespace)  # noqa: S102
+    return namespace["post_process_instance_segmentation"]
+
+
+POST_PROCESS = _reference_post_processing()
+
+
+def reference_instances(
+    model: Any, tokenizer: Any, pixel_values: torch.Tensor, size: tuple[int, int], options: Options
+) -> list[dict[str, Any]]:
+    """Full forward per prompt (as Sam3Processor tokenises it) + the reference post-processing."""
+    instances = []
+    for index, prompt in enumerate(options.prompts):
+        text = tokenizer([prompt], padding="max_length", max_length=32, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(pixel_values=pixel_values[None], **text)
+        (result,) = POST_PROCESS(
+            None,
+            out,
+            threshold=options.threshold,
+            mask_threshold=options.mask_threshold,
+            target_sizes=[size],
+        )
+        for score, box, mask in zip(
+            result["scores"], result["boxes"], result["masks"], strict=True
+        ):
+            instances.append(
+                {
+                    "prompt_index": index,
+                    "score": float(score),
+                    "box": box.tolist(),
+                    "mask": mask.numpy().astype(bool),
+                }
+            )
+    return instances
+
+
+def served_masks(result: dict[str, Any], fmt: str) -> list[np.ndarray]:
+    return [
+        decode_mask(i["mask"], fmt, result["height"], result["width"]) for i in result["instances"]
+    ]
+
+
+def assert_same_instances(got: dict[str, Any], want: dict[str, Any], fmt: str) -> None:
+    """Equal up to float noise (near-equal scores may swap places)."""
+    assert len(got["instances"]) == len(want["instances"])
+    candidates = list(zip(want["instances"], served_masks(want, fmt), strict=True))
+    for instance, mask in zip(got["instances"], served_masks(got, fmt), strict=True):
+        match, match_mask = min(
+            (c for c in candidates if c[0]["prompt_index"] == instance["prompt_index"]),
+            key=lambda c: (
+                np.abs(np.subtract(c[0]["box"], instance["box"])).sum()
+                + abs(c[0]["score"] - instance["score"])
+            ),
+        )
+        assert instance["score"] == pytest.approx(match["score"], abs=1e-5)
+        np.testing.assert_allclose(instance["box"], match["box"], atol=1e-3)
+        assert np.mean(mask != match_mask) <= 1e-4
+
+
+def assert_sorted(result: dict[str, Any]) -> None:
+    scores = [i["score"] for i in result["instances"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+# -- pre-processing and tokens --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["chelsea.jpg", "astronaut.png", "camera.png", "rocket.jpg"])
+def test_preprocessing_matches_reference_recipe(checkpoint: Path, name: str) -> None:
+    image = photo(name)
+    recipe = Preprocessing.load(checkpoint)
+    assert recipe.size == (112, 112)
+    ours = torch.from_numpy(recipe(image))
+    assert (ours - reference_pixels(image, 112)).abs().max() <= 0.02
+    released = torch.from_numpy(Preprocessing.from_config({})(image))
+    assert released.shape == (3, 1008, 1008)
+    assert (released - reference_pixels(image, 1008)).abs().max() <= 0.02
+
+
+async def test_tokens_are_padded_like_sam3_processor(
+    pool: ModelPool, reference_tokenizer: Any
+) -> None:
+    pipeline = await pipeline_of(pool)
+    prompts = ["cat", "a red dog", "  person  ", "Astronaut with a flag"]
+    tokens = pipeline.tokenizer(prompts)
+    expected = reference_tokenizer(
+        prompts, padding="max_length", max_length=32, return_tensors="np"
+    )
+    assert tokens.input_ids.shape == tokens.attention_mask.shape == (4, 32)
+    np.testing.assert_array_equal(tokens.input_ids, expected["input_ids"])
+    np.testing.assert_array_equal(tokens.attention_mask, expected["attention_mask"])
+    assert pipeline.tokenizer(list(prompts)) is tokens  # tokenised once, however many images
+
+
+@pytest.mark.parametrize(
+    ("prompts", "match"),
+    [
+        ([], "At least one prompt"),
+        (["cat", "   "], "Prompt 1 is empty"),
+        (["cat", ""], "Prompt 1 is empty"),
+        (["dog", " ".join(["cat"] * 30) + " on a mat"], r"Prompt 1 \('cat cat.*36 tokens.*32"),
+    ],
+)
+async def test_bad_prompts_are_invalid_input(
+    pool: ModelPool, prompts: list[str], match: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        await pool.infer("sam3", None, [photo("chelsea.jpg")], Options(prompts=prompts))
+
+
+async def test_longest_prompt_that_fits_is_accepted(pool: ModelPool) -> None:
+    fits = " ".join(["cat"] * 30)  # 30 words + start + end = 32 tokens
+    outcome = await pool.infer("sam3", None, [photo("chelsea.jpg")], Options(prompts=[fits]))
+    assert outcome.results[0]["width"] == 451
+
+
+async def test_unknown_output_format_is_invalid_input(pool: ModelPool) -> None:
+    with pytest.raises(InvalidInputError, match="bitmap"):
+        await pool.infer("sam3", None, [photo("chelsea.jpg")], Options(output_format="bitmap"))
+
+
+# -- equality with transformers ---------------------------------------------------------------
+async def test_encode_once_equals_full_forward(
+    pool: ModelPool, reference_model: Any, reference_tokenizer: Any
+) -> None:
+    pipeline = await pipeline_of(pool)
+    options = Options(prompts=["cat", "a red dog", "person", "rocket", "sky"])
+    pixels = pipeline.prepare(photo("coffee.png"), options).arrays["pixel_values"]
+    tokens = pipeline.tokenizer(options.prompts)
+    (embedding,) = pipeline.encode_images(pixels[None])
+    ours = pipeline.core.run("decoder", {**embedding, **pipeline.encode_text(tokens)})
+    text = reference_tokenizer(
+        options.prompts, padding="max_length", max_length=32, return_tensors="pt"
+    )
+    batch = torch.from_numpy(pixels)[None].expand(len(options.prompts), -1, -1, -1)
+    with torch.inference_mode():
+        full = reference_model(pixel_values=batch, **text)
+    for name in ("pred_masks", "pred_boxes", "pred_logits", "presence_logits"):
+        np.testing.assert_allclose(
+            ours[name], full[name].numpy(), atol=1e-4, rtol=1e-4, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.0])
+async def test_served_instances_equal_transformers_reference(
+    pool: ModelPool, reference_model: Any, reference_tokenizer: Any, threshold: float
+) -> None:
+    pipeline = await pipeline_of(pool)
+    options = Options(prompts=["cat", "a red dog", "person", "rocket"], threshold=threshold)
+    images = [photo("chelsea.jpg"), photo("camera.png")]
+    outcome = await pool.infer("sam3", None, images, options)
+    for image, result in zip(images, outcome.results, strict=True):
+        assert (result["width"], result["height"]) == image.size
+        pixels = torch.from_numpy(pipeline.prepare(image, options).arrays["pixel_values"])
+        expected = reference_instances(
+            reference_model, reference_tokenizer, pixels, (image.height, image.width), options
+        )
+        served = result["instances"]
+        assert len(served) == len(expected) > 0
+        if threshold == 0.0:
+            assert len(served) == len(options.prompts) * 5  # every query of every prompt
+        assert_sorted(result)
+        masks = served_masks(result, "rle")
+        for instance, mask in zip(served, masks, strict=True):
+            assert instance["prompt"] == options.prompts[instance["prompt_index"]]
+            match = min(
+                (e for e in expected if e["prompt_index"] == instance["prompt_index"]),
+                key=lambda e: (
+                    np.abs(np.subtract(e["box"], instance["box"])).sum()
+                    + abs(e["score"] - instance["score"])
+                ),
+            )
+            assert instance["score"] == pytest.approx(match["score"], abs=1e-5)
+            np.testing.assert_allclose(instance["box"], match["box"], atol=1e-3)
+            assert np.mean(mask != match["mask"]) <= 1e-4
+            assert instance["area"] == int(mask.sum())
+
+
+# -- the work done per request ---------------------------------------------------------------
+async def test_each_image_is_encoded_once_whatever_the_prompts(pool: ModelPool) -> None:
+    pipeline = await pipeline_of(pool)
+    calls: list[tuple[str, int]] = []
+    run = pipeline.core.run
+
+    def spy(graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = inputs["text_features"] if graph == "decoder" else next(iter(inputs.values()))
+        calls.append((graph, len(rows)))
+        return run(graph, inputs)
+
+    pipeline.core.run = spy  # type: ignore[method-assign]
+    try:
+        prompts = [f"{c} cat" for c in ("red", "blue", "green", "white", "black")] + [
+            "dog",
+            "person",
+            "rocket",
+            "cup",
+            "sky",
+        ]
+        images = [photo(name) for name in PHOTOS]
+        await pool.infer("sam3", None, images, Options(prompts=prompts, threshold=0.0))
+    finally:
+        del pipeline.core.run
+    vision = [n for g, n in calls if g == "vision"]
+    assert vision == [3]  # the three images, resized to one shape, in one batch
+    assert [n for g, n in calls if g == "text"] == [10]
+    # Per image, 10 prompts in decoder chunks of 8 and 2, against the image's one encoding.
+    assert [n for g, n in calls if g == "decoder"] == [8, 2] * 3
+
+
+# -- bookkeeping -----------------------------------------------------------------------------
+async def test_prompt_bookkeeping_across_decoder_chunks(pool: ModelPool) -> None:
+    prompts = ["cat", "dog", "person", "rocket", "cup", "sky", "tree", "car", "face", "dog"]
+    image = photo("astronaut.png")
+    (many,) = (
+        await pool.infer("sam3", None, [image], Options(prompts=prompts, threshold=0.0))
+    ).results
+    assert_sorted(many)
+    assert {i["prompt_index"] for i in many["instances"]} == set(range(len(prompts)))
+    for instance in many["instances"]:
+        assert instance["prompt"] == prompts[instance["prompt_index"]]
+
+    def of(result: dict[str, Any], index: int) -> list[tuple[float, tuple[float, ...], str]]:
+        return [
+            (round(i["score"], 5), tuple(round(b, 2) for b in i["box"]), i["mask"]["counts"])
+            for i in result["instances"]
+            if i["prompt_index"] == index
+        ]
+
+    # The same prompt at index 1 (first decoder chunk) and 9 (second) gives the same instances,
+    # and each equals what a request with that prompt alone gives.
+    assert of(many, 1) == of(many, 9)
+    for index in (0, 1, 9):
+        alone = Options(prompts=[prompts[index]], threshold=0.0)
+        (single,) = (await pool.infer("sam3", None, [image], alone)).results
+        assert of(single, 0) == of(many, index)
+
+
+async def test_images_of_different_sizes_keep_input_order(pool: ModelPool) -> None:
+    images = [photo(name) for name in PHOTOS]
+    options = Options(threshold=0.0, output_format="png")
+    outcome = await pool.infer("sam3", None, images, options)
+    assert [(r["width"], r["height"]) for r in outcome.results] == [im.size for im in images]
+    for image, result in zip(images, outcome.results, strict=True):
+        assert all(m.shape == (image.height, image.width) for m in served_masks(result, "png"))
+        (alone,) = (await pool.infer("sam3", None, [image], options)).results
+        assert_same_instances(result, alone, "png")
+
+
+async def test_threshold_bounds(pool: ModelPool) -> None:
+    image = photo("chelsea.jpg")
+    (none,) = (await pool.infer("sam3", None, [image], Options(threshold=1.0))).results
+    assert none == {"width": 451, "height": 300, "instances": []}
+    (some,) = (await pool.infer("sam3", None, [image], Options(threshold=0.5))).results
+    assert 0 < len(some["instances"]) < 15
+    assert all(i["score"] > 0.5 for i in some["instances"])
+
+
+async def test_every_output_format_describes_the_same_mask(pool: ModelPool) -> None:
+    image = photo("rocket.jpg")
+    results = {
+        fmt: (await pool.infer("sam3", None, [image], Options(output_format=fmt))).results[0]
+        for fmt in FORMATS
+    }
+    reference = served_masks(results["rle"], "rle")
+    assert reference and any(m.any() for m in reference)
+    for fmt, result in results.items():
+        assert [i["score"] for i in result["instances"]] == [
+            i["score"] for i in results["rle"]["instances"]
+        ]
+        for instance, mask, expected in zip(
+            result["instances"], served_masks(result, fmt), reference, strict=True
+        ):
+            assert instance["area"] == int(expected.sum())
+            if fmt == "polygon":
+                union = (mask | expected).sum()
+                assert union == 0 or (mask & expected).sum() / union >= 0.8
+            else:
+                np.testing.assert_array_equal(mask, expected)
+    dense = results["dense"]["instances"][0]["mask"]
+    assert len(dense) == image.height and len(dense[0]) == image.width
+
+
+# -- family and checkpoint -------------------------------------------------------------------
+def test_family_is_registered_with_the_released_checkpoint() -> None:
+    family = default_registry().get("sam3")
+    assert isinstance(family, Sam3Family)
+    assert family.default_variant == "sam3"
+    spec = family.variants["sam3"]
+    assert (spec.source, spec.license) == ("facebook/sam3", "SAM License (gated)")
+
+
+def test_tiny_checkpoint_has_the_released_layout(checkpoint: Path) -> None:
+    import json
+
+    from transformers import AutoTokenizer
+
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer_config.json",
+    } <= names
+    processor = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 112, "width": 112}
+    assert processor["image_mean"] == processor["image_std"] == [0.5, 0.5, 0.5]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = tokenizer("a red cat")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "<|startoftext|>",
+        "a</w>",
+        "red</w>",
+        "cat</w>",
+        "<|endoftext|>",
+    ]
