@@ -98,6 +98,35 @@ class Prepared:
 OptionsT = TypeVar("OptionsT")
 
 
+def batches(prepared: Sequence[Prepared], max_batch_size: int) -> list[list[int]]:
+    """Indices of consecutive images that can share one forward, at most ``max_batch_size``."""
+    groups: list[list[int]] = []
+    for index, item in enumerate(prepared):
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and len(last) < max_batch_size
+            and prepared[last[0]].batch_key == item.batch_key
+        ):
+            last.append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def run_pipeline(
+    pipeline: Pipeline[Any], images: Sequence[Image.Image], options: Any, max_batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """Run a pipeline synchronously in this thread (export checks, benchmarks, workers)."""
+    prepared = [pipeline.prepare(image, options) for image in images]
+    raw: list[Any] = [None] * len(prepared)
+    for group in batches(prepared, max_batch_size):
+        for index, out in zip(group, pipeline.forward([prepared[i] for i in group], options),
+                              strict=True):
+            raw[index] = out
+    return [pipeline.postprocess(r, p, options) for r, p in zip(raw, prepared, strict=True)]
+
+
 class Pipeline(abc.ABC, Generic[OptionsT]):
     """A loaded variant: its family's pre/post-processing around a :class:`Core`.
 
@@ -125,13 +154,56 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
         """Run once after loading so the first request does not pay for lazy set-up."""
 
 
+@dataclass
+class OnnxGraph:
+    """How to export one graph of a loaded torch pipeline.
+
+    Attributes:
+        name: The core's graph name.
+        inputs: Example inputs by name (batch >= 2, so no exporter can fix the batch axis).
+        outputs: Output names, in order.
+        dynamic_axes: Per input/output name, axis index → axis label.
+    """
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
 class Family(abc.ABC):
-    """A model family: its variants, how to load them, and how to write a tiny checkpoint."""
+    """A model family: its variants, how to load them, and how to write a tiny checkpoint.
+
+    ONNX support is optional: a family that implements :meth:`onnx_graphs` can be exported and
+    one that implements :meth:`load_onnx` can be served from the exported graphs. Graphs an
+    artifact lacks keep running on torch.
+    """
 
     name: str
     aliases: tuple[str, ...] = ()
     default_variant: str
     variants: Mapping[str, VariantSpec]
+    graphs: tuple[str, ...] = ("model",)
+    # metric name → (">=" or "<=", threshold): the export parity gates of this family.
+    parity_gates: Mapping[str, tuple[str, float]] = {}
+
+    def load_onnx(self, request: LoadRequest, core: Core) -> Pipeline[Any]:
+        """Build the family's pipeline around an ONNX (or hybrid) core."""
+        raise NotImplementedError(f"{self.name} cannot be served from ONNX yet")
+
+    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
+        """The graphs to export from a torch-loaded pipeline, with example inputs."""
+        raise NotImplementedError(f"{self.name} has no ONNX export yet")
+
+    def parity_options(self) -> list[Any]:
+        """Request options the export parity check runs the pipelines with."""
+        raise NotImplementedError(f"{self.name} has no ONNX parity check yet")
+
+    def parity_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Compare two runs' results (same images, same options); keys match ``parity_gates``."""
+        raise NotImplementedError(f"{self.name} has no ONNX parity check yet")
 
     @abc.abstractmethod
     def load_torch(self, request: LoadRequest) -> Pipeline[Any]:

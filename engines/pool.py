@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import groupby
 from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image
 
-from engines.base import LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.base import Family, LoadRequest, Pipeline, VariantSpec, batches
 from engines.devices import resolve_device, resolve_dtype
 from engines.errors import (
     InferenceError,
@@ -63,6 +62,9 @@ class PoolConfig:
     compute_workers: int = 1
     hf_token: str | None = None
     artifacts_dir: Path | None = None
+    onnx_precision: str = "fp32"
+    ort_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    ort_optimization: str = "all"
     variants: dict[str, VariantTable] = field(default_factory=dict)
 
 
@@ -82,6 +84,7 @@ class LoadedModel:
     last_used_at: datetime | None = None
     requests: int = 0
     fallback_reason: str | None = None
+    placement: dict[str, str] = field(default_factory=dict)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -165,20 +168,19 @@ class ModelPool:
             return loaded
 
     def _load_sync(self, name: str, spec: VariantSpec, device: str, engine: str) -> LoadedModel:
-        if engine == "onnx":
-            raise NotFoundError(
-                f"No ONNX artifact for {name}/{spec.name} in "
-                f"{self.config.artifacts_dir or 'the artifacts directory'}. Create one with "
-                f"`vision-api export {name} --variant {spec.name}`, or load with engine 'torch'."
-            )
-        if engine not in ("auto", "torch"):
+        if engine not in ("auto", "torch", "onnx"):
             raise NotFoundError(f"Unknown engine {engine!r}: use auto, onnx or torch.")
         family = self.registry.get(name)
         dtype = resolve_dtype(self.config.dtype, device)
         request = LoadRequest(spec, device, dtype, self._threads, self.config.hf_token)
         started = time.perf_counter()
+        fallback_reason = None
         try:
-            pipeline = family.load_torch(request)
+            pipeline = None
+            if engine in ("auto", "onnx"):
+                pipeline, fallback_reason = self._load_onnx(family, request, explicit=engine == "onnx")
+            if pipeline is None:
+                pipeline = family.load_torch(request)
             pipeline.warmup()
         except VisionError:
             raise
@@ -199,8 +201,8 @@ class ModelPool:
                 f"Could not load {name}/{spec.name} from {spec.source}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        log.info("loaded %s/%s on %s (%s) in %.1f s", name, spec.name, device, dtype,
-                 time.perf_counter() - started)
+        log.info("loaded %s/%s on %s (%s, %s) in %.1f s", name, spec.name, device,
+                 pipeline.core.engine, dtype, time.perf_counter() - started)
         return LoadedModel(
             model_type=name,
             variant=spec.name,
@@ -208,10 +210,73 @@ class ModelPool:
             pipeline=pipeline,
             device=device,
             engine=pipeline.core.engine,
-            dtype=dtype,
+            dtype=dtype if pipeline.core.engine == "torch" else self.config.onnx_precision,
             memory_mb=round(pipeline.core.memory_bytes() / 2**20, 1),
             loaded_at=datetime.now(UTC),
+            fallback_reason=fallback_reason,
+            placement=_placement(family, pipeline.core),
         )
+
+    def _load_onnx(
+        self, family: Family, request: LoadRequest, *, explicit: bool
+    ) -> tuple[Pipeline[Any] | None, str | None]:
+        """The pipeline on ONNX Runtime, or ``(None, reason)`` to fall back to torch.
+
+        A graph the artifact lacks runs on torch (a hybrid core); a session that fails to build
+        falls back to torch entirely, with the reason logged and reported in the status.
+        """
+        from engines.artifacts import find_artifact, weights_sha256
+        from engines.checkpoints import resolve_checkpoint
+        from engines.onnx_runtime import HybridCore, OrtCore, OrtOptions
+
+        spec = request.spec
+        if type(family).load_onnx is Family.load_onnx:
+            reason = f"{family.name} has no ONNX Runtime support yet"
+            if explicit:
+                raise NotFoundError(f"{reason}; load it with engine 'torch'.")
+            return None, reason
+        manifest, directory, reason = find_artifact(
+            self.config.artifacts_dir, family.name, spec.name, None, self.config.onnx_precision
+        )
+        if manifest is not None:
+            weights = weights_sha256(resolve_checkpoint(spec.source, request.hf_token))
+            if manifest.weights_sha256 != weights:
+                manifest, reason = None, (
+                    f"the artifact in {directory} was exported from other weights "
+                    f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+                )
+        if manifest is None:
+            if explicit:
+                raise NotFoundError(
+                    f"No usable ONNX artifact for {family.name}/{spec.name}: {reason}. Create one "
+                    f"with `vision-api export {family.name} --variant {spec.name}`, or load with "
+                    "engine 'torch'."
+                )
+            return None, reason
+        try:
+            options = OrtOptions(
+                device=request.device,
+                providers=self.config.ort_providers,
+                intra_op_threads=self._threads,
+                optimization=self.config.ort_optimization,
+                trt_cache_dir=(self.config.artifacts_dir or Path("artifacts")) / ".trt-cache",
+            )
+            ort_core = OrtCore(directory, manifest, options)
+            missing = [g for g in family.graphs if g not in ort_core.sessions]
+            core: Any = ort_core
+            reason = None
+            if missing:
+                torch_core = family.load_torch(request).core
+                core = HybridCore({g: ort_core if g in ort_core.sessions else torch_core
+                                   for g in family.graphs})
+                reason = f"graphs {', '.join(missing)} not in the artifact: they run on torch"
+            return family.load_onnx(request, core), reason
+        except VisionError:
+            raise
+        except Exception as exc:
+            log.warning("ONNX Runtime failed for %s/%s, falling back to torch: %s",
+                        family.name, spec.name, exc)
+            return None, f"ONNX Runtime failed: {type(exc).__name__}: {exc}"
 
     async def unload(self, model_type: str, variant: str | None = None) -> list[tuple[str, str]]:
         """Unload one variant, or every loaded variant of the type; returns what was unloaded."""
@@ -292,15 +357,12 @@ class ModelPool:
         )
         t_pre = time.perf_counter()
         raw: list[Any] = [None] * len(prepared)
-        for _, group in groupby(range(len(prepared)), key=lambda i: prepared[i].batch_key):
-            indices = list(group)
-            for start in range(0, len(indices), self.config.max_batch_size):
-                chunk = indices[start : start + self.config.max_batch_size]
-                outputs = await self._guarded(
-                    model, self._compute, pipeline.forward, [prepared[i] for i in chunk], options
-                )
-                for i, out in zip(chunk, outputs, strict=True):
-                    raw[i] = out
+        for group in batches(prepared, self.config.max_batch_size):
+            outputs = await self._guarded(
+                model, self._compute, pipeline.forward, [prepared[i] for i in group], options
+            )
+            for i, out in zip(group, outputs, strict=True):
+                raw[i] = out
         t_inf = time.perf_counter()
         results = list(
             await asyncio.gather(
@@ -368,6 +430,7 @@ def _status_entry(
         "last_used_at": None,
         "requests": 0,
         "fallback_reason": None,
+        "placement": None,
     }
     if model is not None:
         entry.update(
@@ -379,5 +442,12 @@ def _status_entry(
             last_used_at=model.last_used_at,
             requests=model.requests,
             fallback_reason=model.fallback_reason,
+            placement=model.placement,
         )
     return entry
+
+
+def _placement(family: Family, core: Any) -> dict[str, str]:
+    """Which engine runs each of the family's graphs."""
+    where = getattr(core, "where", None)
+    return where() if callable(where) else {graph: core.engine for graph in family.graphs}

@@ -53,6 +53,9 @@ def build_pool(settings: Settings, registry: FamilyRegistry | None = None) -> Mo
         compute_workers=runtime.compute_workers,
         hf_token=settings.hf_token,
         artifacts_dir=Path(runtime.artifacts_dir),
+        onnx_precision=runtime.onnx_precision,
+        ort_providers=tuple(runtime.ort_providers),
+        ort_optimization=runtime.ort_optimization,
         variants=tables,
     )
     return ModelPool(registry or default_registry(), config)

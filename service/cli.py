@@ -11,6 +11,11 @@ from pathlib import Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vision-api`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:  # its own parser: options may come before the model name
+        from export.cli import main as export_main
+
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vision-api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -89,9 +94,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    export = commands.add_parser("export", help="export models to ONNX and check parity")
-    export.add_argument("rest", nargs=argparse.REMAINDER)
-    export.set_defaults(run=lambda a: __import__("export.cli", fromlist=["main"]).main(a.rest))
+    # Parsed by export.cli (see main); listed here for --help.
+    commands.add_parser("export", help="export models to ONNX and check parity (see export -h)")
 
 
 _EXTENSIONS = [_add_worker, _add_export]

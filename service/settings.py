@@ -17,7 +17,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -63,6 +63,9 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_batch_size: Annotated[int, Meta(ge=1)] = 8
     compute_workers: Annotated[int, Meta(ge=1)] = 1
     artifacts_dir: str = "artifacts"
+    onnx_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    ort_providers: list[str] = msgspec.field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
+    ort_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +79,9 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     job_timeout_s: Annotated[float, Meta(gt=0)] = 3600.0
     job_max_tries: Annotated[int, Meta(ge=1)] = 3
     redis_key_prefix: str = "vision-api"
+    # Test aid: each job sleeps this long after it starts running, so tests can observe the
+    # running state and stop a worker mid-job. Leave at 0 in production.
+    debug_job_delay_s: Annotated[float, Meta(ge=0)] = 0.0
 
 
 class VariantConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.base import Family, LoadRequest, OnnxGraph, Pipeline, Prepared, VariantSpec
 from engines.checkpoints import resolve_checkpoint
 from engines.images import image_to_chw_float, resize_normalize
 
@@ -178,7 +178,7 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
 
 @dataclass
 class _WarmupOptions:
-    pooling: str = "cls"
+    pooling: Literal["cls", "mean", "none"] = "cls"
     normalize: bool = False
     return_patch_features: bool = False
 
@@ -216,14 +216,49 @@ class Dinov3Family(Family):
             return {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
 
         core = TorchCore(model, {"model": run_model}, request.device, request.dtype)
-        return Dinov3Pipeline(
-            core,
-            load_preprocessing(path),
-            convnext=convnext,
-            num_register_tokens=getattr(config, "num_register_tokens", 0),
-            patch_size=getattr(config, "patch_size", 16),
-            checkpoint_dir=path,
-        )
+        return _pipeline(core, path, config)
+
+    parity_gates = {"embedding_cosine_min": (">=", 0.9999), "patch_cosine_min": (">=", 0.9999)}
+
+    def load_onnx(self, request: LoadRequest, core: Any) -> Dinov3Pipeline:
+        """The pipeline around exported graphs; the checkpoint gives config and pre-processing."""
+        from transformers import AutoConfig
+
+        path = resolve_checkpoint(request.spec.source, request.hf_token, allow_patterns=["*.json"])
+        return _pipeline(core, path, AutoConfig.from_pretrained(path))
+
+    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
+        """One graph ``model``; batch and (for any-size inputs) spatial axes dynamic."""
+        assert isinstance(pipeline, Dinov3Pipeline)
+        height, width = pipeline.preprocessing.output_size(224, 224)
+        example = np.random.default_rng(0).standard_normal((2, 3, height, width), np.float32)
+        return [
+            OnnxGraph(
+                name="model",
+                inputs={"pixel_values": example},
+                outputs=["last_hidden_state", "pooler_output"],
+                dynamic_axes={
+                    "pixel_values": {0: "batch", 2: "height", 3: "width"},
+                    "last_hidden_state": {0: "batch", 1: "tokens"},
+                    "pooler_output": {0: "batch"},
+                },
+            )
+        ]
+
+    def parity_options(self) -> list[Any]:
+        """CLS embeddings and patch features."""
+        return [_WarmupOptions(pooling="cls", return_patch_features=True)]
+
+    def parity_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Smallest cosine similarity of embeddings and of patch features."""
+        embedding, patch = [], []
+        for ref, cand in zip(reference, candidate, strict=True):
+            embedding.append(_cosine(ref["embedding"], cand["embedding"]))
+            ref_p, cand_p = ref["patch_features"]["data"], cand["patch_features"]["data"]
+            patch.append(min(_cosine(a, b) for a, b in zip(ref_p, cand_p, strict=True)))
+        return {"embedding_cosine_min": min(embedding), "patch_cosine_min": min(patch)}
 
     def write_tiny(self, directory: Path) -> dict[str, str]:
         """Tiny random ViT (default) and ConvNeXt checkpoints in the released layout."""
@@ -261,6 +296,22 @@ class Dinov3Family(Family):
             (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
             written[variant] = target.name
         return written
+
+
+def _pipeline(core: Any, path: Path, config: Any) -> Dinov3Pipeline:
+    return Dinov3Pipeline(
+        core,
+        load_preprocessing(path),
+        convnext=config.model_type == "dinov3_convnext",
+        num_register_tokens=getattr(config, "num_register_tokens", 0),
+        patch_size=getattr(config, "patch_size", 16),
+        checkpoint_dir=path,
+    )
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
 
 
 def load_preprocessing(path: Path) -> Preprocessing:

@@ -41,6 +41,7 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     last_used_at: datetime | None
     requests: int
     fallback_reason: str | None
+    placement: dict[str, str] | None = None
 
 
 class ModelStatusList(msgspec.Struct, kw_only=True):

@@ -1,0 +1,226 @@
+"""The ONNX Runtime engine: a :class:`~engines.base.Core` over the graphs of a manifest.
+
+Execution providers are tried in the order TensorRT → CUDA → CPU, keeping those this build of
+onnxruntime has and the settings allow. TensorRT builds fp16 engines into a cache directory
+keyed by GPU and TensorRT version, so a restart does not rebuild them; CUDA runs with IO
+binding; CPU uses as many intra-op threads as the process is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.artifacts import Manifest
+from engines.base import Arrays
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+NUMPY_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """How sessions are built.
+
+    Attributes:
+        device: ``cpu`` or ``cuda:N``.
+        providers: Allowed providers in preference order (subset of tensorrt, cuda, cpu).
+        intra_op_threads: CPU threads per session run.
+        optimization: Graph optimisation level (``disable``, ``basic``, ``extended``, ``all``).
+        trt_cache_dir: Root of the TensorRT engine cache.
+    """
+
+    device: str = "cpu"
+    providers: Sequence[str] = ("tensorrt", "cuda", "cpu")
+    intra_op_threads: int = 0
+    optimization: str = "all"
+    trt_cache_dir: Path = Path("artifacts/.trt-cache")
+
+
+def select_providers(options: OrtOptions) -> list[str | tuple[str, dict[str, Any]]]:
+    """Providers to pass to ``InferenceSession``, in order, with their options."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    on_gpu = options.device.startswith("cuda")
+    device_id = int(options.device.split(":")[1]) if ":" in options.device else 0
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    for name in options.providers:
+        if name == "tensorrt" and on_gpu and "TensorrtExecutionProvider" in available:
+            cache = options.trt_cache_dir / _trt_cache_key(device_id)
+            cache.mkdir(parents=True, exist_ok=True)
+            chosen.append(
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "device_id": device_id,
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                    },
+                )
+            )
+        elif name == "cuda" and on_gpu and "CUDAExecutionProvider" in available:
+            chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        elif name == "cpu":
+            chosen.append("CPUExecutionProvider")
+    if not chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _trt_cache_key(device_id: int) -> str:
+    """GPU name + TensorRT version: engines built for one are not valid for another."""
+    try:
+        import tensorrt
+
+        trt_version = tensorrt.__version__
+    except ImportError:
+        trt_version = "unknown"
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(device_id)
+    except Exception:
+        gpu = f"gpu{device_id}"
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in f"{gpu}-trt{trt_version}")
+
+
+class OrtCore:
+    """Runs the graphs of one artifact with ONNX Runtime.
+
+    Args:
+        directory: The artifact directory.
+        manifest: Its manifest.
+        options: Session options.
+        graphs: Only these graphs (default: all in the manifest).
+    """
+
+    engine = "onnx"
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        options: OrtOptions,
+        graphs: Sequence[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.options = options
+        self.providers = select_providers(options)
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = _level(options.optimization)
+        if options.intra_op_threads > 0:
+            session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        self.sessions: dict[str, Any] = {}
+        self._input_types: dict[str, dict[str, Any]] = {}
+        self._bytes = 0
+        for info in manifest.graphs:
+            if graphs is not None and info.name not in graphs:
+                continue
+            path = directory / info.file
+            self._bytes += path.stat().st_size
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=self.providers
+            )
+            self.sessions[info.name] = session
+            self._input_types[info.name] = {
+                i.name: NUMPY_DTYPES.get(i.type, np.float32) for i in session.get_inputs()
+            }
+        self.active_providers = sorted(
+            {p for s in self.sessions.values() for p in s.get_providers()}
+        )
+        self._use_binding = "CUDAExecutionProvider" in self.active_providers
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Run one graph; inputs the graph does not list are ignored (the legacy exporter
+        drops unused inputs), and inputs are cast to the dtypes the graph declares."""
+        session = self.sessions[graph]
+        types = self._input_types[graph]
+        feed = {
+            name: np.ascontiguousarray(inputs[name], dtype=dtype)
+            for name, dtype in types.items()
+        }
+        names = [o.name for o in session.get_outputs()]
+        if self._use_binding:
+            return self._run_bound(session, feed, names)
+        return dict(zip(names, session.run(names, feed), strict=True))
+
+    def _run_bound(self, session: Any, feed: Mapping[str, np.ndarray], names: list[str]) -> Arrays:
+        import onnxruntime as ort
+
+        device_id = int(self.options.device.split(":")[1]) if ":" in self.options.device else 0
+        binding = session.io_binding()
+        for name, array in feed.items():
+            binding.bind_ortvalue_input(
+                name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
+            )
+        for name in names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def memory_bytes(self) -> int:
+        """Size of the graph files (ORT's own arenas are not counted)."""
+        return self._bytes
+
+    def close(self) -> None:
+        """Drop the sessions."""
+        self.sessions.clear()
+
+
+class HybridCore:
+    """Graphs split between runtimes: each graph name goes to the core that has it."""
+
+    def __init__(self, cores: Mapping[str, Any]) -> None:
+        self.cores = dict(cores)
+        engines = sorted({c.engine for c in self.cores.values()})
+        self.engine = "+".join(engines)
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Dispatch ``graph`` to its core."""
+        return self.cores[graph].run(graph, inputs)
+
+    def where(self) -> dict[str, str]:
+        """Graph name → engine."""
+        return {name: core.engine for name, core in self.cores.items()}
+
+    def memory_bytes(self) -> int:
+        """Sum over distinct cores."""
+        return sum(c.memory_bytes() for c in {id(c): c for c in self.cores.values()}.values())
+
+    def close(self) -> None:
+        """Close every distinct core."""
+        for core in {id(c): c for c in self.cores.values()}.values():
+            core.close()
+
+
+def _level(name: str) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if name not in levels:
+        raise ValueError(f"Unknown ORT optimisation level {name!r}: use {', '.join(levels)}")
+    return levels[name]

@@ -1,0 +1,1 @@
+"""Export stage: model families to ONNX artifacts with a manifest, checked against torch."""

@@ -1,0 +1,78 @@
+"""Parity of the ONNX pipeline against the torch pipeline, on real photos, batch 1 and 4."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engines.base import Family, Pipeline, run_pipeline
+
+DEFAULT_PHOTOS = ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
+
+
+class ParityError(RuntimeError):
+    """A parity gate failed or an output was not finite."""
+
+
+def default_images() -> list[Path]:
+    """The project's test photos (``tests/assets``), when present."""
+    root = Path(__file__).resolve().parents[1] / "tests" / "assets"
+    return [root / name for name in DEFAULT_PHOTOS if (root / name).exists()]
+
+
+def check_parity(
+    family: Family,
+    reference: Pipeline[Any],
+    candidate: Pipeline[Any],
+    image_paths: Sequence[Path],
+    *,
+    enforce_gates: bool = True,
+) -> dict[str, float]:
+    """Run both pipelines with the family's parity options; return the worst figure per metric.
+
+    Batch 1 runs every photo alone, batch 4 runs them together; both through the same pre-
+    and post-processing. Non-finite outputs always fail; the family's gates fail only when
+    ``enforce_gates`` (fp32 artifacts).
+
+    Raises:
+        ParityError: A gate failed or an output was NaN/Inf.
+    """
+    images = [Image.open(p).convert("RGB") for p in (image_paths or default_images())]
+    if not images:
+        raise ParityError("no photos to check parity on")
+    worst: dict[str, float] = {}
+    for options in family.parity_options():
+        for batch in (1, 4):
+            expected = run_pipeline(reference, images, options, max_batch_size=batch)
+            got = run_pipeline(candidate, images, options, max_batch_size=batch)
+            if not _finite(got):
+                raise ParityError(f"{family.name}: the ONNX pipeline produced NaN or Inf")
+            for metric, value in family.parity_metrics(expected, got).items():
+                op = family.parity_gates.get(metric, ("<=", math.inf))[0]
+                previous = worst.get(metric)
+                if previous is None or (value < previous if op == ">=" else value > previous):
+                    worst[metric] = value
+    if enforce_gates:
+        failed = [
+            f"{metric} = {worst[metric]:.6g} (gate {op} {limit})"
+            for metric, (op, limit) in family.parity_gates.items()
+            if metric in worst
+            and not (worst[metric] >= limit if op == ">=" else worst[metric] <= limit)
+        ]
+        if failed:
+            raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
+    return worst
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True

@@ -1,0 +1,121 @@
+"""Export every family's tiny checkpoint, gate its parity, and serve it through ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from engines.artifacts import read_manifest, write_manifest
+from tests.conftest import asset_b64, free_port, start_server
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("artifacts")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "export", "--all", "--config", str(tiny_config),
+         "--out", str(out), "--quantize", "int8"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_server(tiny_config: Path, artifacts: Path) -> Iterator[httpx.Client]:
+    port = free_port()
+    proc = start_server(
+        ["serve", "--config", str(tiny_config), "--port", str(port)],
+        {"VISION_API_ARTIFACTS_DIR": str(artifacts), "VISION_API_REDIS_URL": ""},
+        port,
+    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        yield client
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+def test_manifest_describes_the_artifact(artifacts: Path) -> None:
+    manifest = read_manifest(artifacts / "dinov3" / "tiny" / "fp32")
+    assert manifest.model_type == "dinov3" and manifest.precision == "fp32"
+    (graph,) = manifest.graphs
+    assert graph.inputs[0].name == "pixel_values"
+    assert graph.inputs[0].shape[0] == "batch"  # dynamic batch axis, never fixed to 1
+    assert manifest.parity["embedding_cosine_min"] >= 0.9999
+    assert len(manifest.weights_sha256) == 64
+    int8 = read_manifest(artifacts / "dinov3" / "tiny" / "int8")
+    assert int8.precision == "int8" and "embedding_cosine_min" in int8.parity
+
+
+def test_verify_cli_rechecks_parity(tiny_config: Path, artifacts: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "--verify", str(artifacts / "dinov3"),
+         "--config", str(tiny_config)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dinov3/tiny [fp32]: ok" in result.stdout
+
+
+def test_served_by_onnx_runtime_matches_torch(onnx_server: httpx.Client) -> None:
+    body = {"images": [asset_b64("chelsea.jpg"), asset_b64("camera.png")], "normalize": False}
+    via_onnx = onnx_server.post("/inference/dinov3", json=body).json()
+    assert via_onnx["engine"] == "onnx"
+    status = {(m["model_type"], m["variant"]): m
+              for m in onnx_server.get("/models/status").json()["models"]}
+    assert status[("dinov3", "tiny")]["placement"] == {"model": "onnx"}
+    assert status[("dinov3", "tiny")]["fallback_reason"] is None
+
+    loaded = onnx_server.post("/models/load", json={"model_type": "dinov3", "engine": "torch"})
+    assert loaded.json()["engine"] == "torch"
+    via_torch = onnx_server.post("/inference/dinov3", json=body).json()
+    assert via_torch["engine"] == "torch"
+    for a, b in zip(via_onnx["results"], via_torch["results"], strict=True):
+        x, y = np.asarray(a["embedding"]), np.asarray(b["embedding"])
+        assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) >= 0.9999
+
+
+def test_variant_without_artifact_falls_back_visibly(onnx_server: httpx.Client) -> None:
+    entry = onnx_server.post(
+        "/models/load", json={"model_type": "dinov3", "variant": "tiny-convnext"}
+    ).json()
+    assert entry["engine"] == "torch"
+    assert "no ONNX artifact" in entry["fallback_reason"]
+    missing = onnx_server.post(
+        "/models/load",
+        json={"model_type": "dinov3", "variant": "tiny-convnext", "engine": "onnx"},
+    )
+    assert missing.status_code == 404 and "vision-api export" in missing.json()["detail"]
+
+
+def test_stale_or_broken_artifacts_fall_back_to_torch(
+    tiny_config: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    from service.app import build_pool
+    from service.settings import Settings
+
+    stale, broken = tmp_path / "stale", tmp_path / "broken"
+    shutil.copytree(artifacts, stale)
+    shutil.copytree(artifacts, broken)
+    directory = stale / "dinov3" / "tiny" / "fp32"
+    manifest = read_manifest(directory)
+    manifest.weights_sha256 = "0" * 64
+    write_manifest(directory, manifest)
+    (broken / "dinov3" / "tiny" / "fp32" / "model.onnx").write_bytes(b"not an onnx graph")
+
+    import asyncio
+
+    for root, needle in ((stale, "other weights"), (broken, "ONNX Runtime failed")):
+        settings = Settings.load(tiny_config, environ={"VISION_API_ARTIFACTS_DIR": str(root)})
+        pool = build_pool(settings)
+        model = asyncio.run(pool.load("dinov3"))
+        assert model.engine == "torch"
+        assert needle in (model.fallback_reason or "")
+        asyncio.run(pool.close())
