@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from litestar import Controller
+from typing import Annotated
+
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
+
+from service.inference import InferenceService
+from service.jobs.base import JobBackend
+from service.jobs.intake import validate_submission
+from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted
 
 
 class JobsController(Controller):
@@ -10,3 +19,46 @@ class JobsController(Controller):
 
     path = "/jobs"
     tags = ["jobs"]
+
+    @post(
+        "/submit/{model_type:str}",
+        status_code=202,
+        summary="Queue an inference job",
+        description="The body is the one of POST /inference/{model_type}, validated (images "
+        "fetched and decoded) before anything is queued: a bad body is a 400 here, not a "
+        "failed job. 503 with Retry-After when the queue is full or the job store is down.",
+    )
+    async def submit(
+        self,
+        model_type: FromPath[str],
+        request: Request,
+        inference: NamedDependency[InferenceService],
+        jobs: NamedDependency[JobBackend],
+    ) -> JobSubmitted:
+        """Validate like the synchronous endpoint, then enqueue."""
+        name, data, images = await validate_submission(inference, model_type, await request.body())
+        return await jobs.submit(name, data, images)
+
+    @get("/{job_id:str}", summary="A job's status, and its result once completed")
+    async def get_job(self, job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> Job:
+        """404 for an unknown job, or one past its retention time."""
+        return await jobs.get(job_id)
+
+    @delete("/{job_id:str}", status_code=204, summary="Cancel a job, or forget a finished one")
+    async def delete_job(
+        self, job_id: FromPath[str], jobs: NamedDependency[JobBackend]
+    ) -> None:
+        """A pending job never runs, a running one is cancelled, a finished one is removed."""
+        await jobs.delete(job_id)
+
+    @get("/", summary="Jobs, newest first")
+    async def list_jobs(
+        self,
+        jobs: NamedDependency[JobBackend],
+        status: Annotated[
+            JobStatus | None, Parameter(description="Only jobs in this status.")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000, description="Most jobs returned.")] = 100,
+    ) -> JobList:
+        """Entries without their result; ``total`` counts every match."""
+        return await jobs.list(status, limit)
