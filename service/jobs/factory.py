@@ -7,13 +7,12 @@ from service.jobs.base import JobBackend
 from service.settings import Settings
 
 
-class _PendingBackend(JobBackend):
-    name = "memory"
-
-    async def health(self) -> tuple[bool, str | None]:
-        return True, None
-
-
 def create_backend(settings: Settings, inference: InferenceService) -> JobBackend:
-    """The backend the settings ask for."""
-    return _PendingBackend()
+    """Redis (arq) when ``jobs.redis_url`` is set, the in-process backend otherwise."""
+    if settings.jobs.redis_url:
+        from service.jobs.arq_backend import RedisJobBackend
+
+        return RedisJobBackend(inference, settings)
+    from service.jobs.memory import MemoryJobBackend
+
+    return MemoryJobBackend(inference, settings.jobs)

@@ -1,0 +1,40 @@
+"""``vision-api worker``: an arq worker process for the Redis job backend."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from service.settings import Settings
+
+
+def run_worker(config_path: str | None) -> int:
+    """Run an arq worker until SIGTERM / SIGINT; the exit status.
+
+    Args:
+        config_path: The same TOML settings file as ``vision-api serve --config``
+            (``VISION_API_CONFIG`` when omitted); ``VISION_API_*`` variables apply on top.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.load(config_path)
+    except ValueError as exc:
+        print(f"vision-api worker: {exc}", file=sys.stderr)
+        return 2
+    if not settings.jobs.redis_url:
+        print(
+            "vision-api worker: no job queue to work on. Set VISION_API_REDIS_URL (e.g. "
+            "redis://localhost:6379/0) to the Redis the API uses.",
+            file=sys.stderr,
+        )
+        return 2
+    from redis.exceptions import RedisError
+
+    from service.jobs.tasks import build_worker
+
+    try:
+        build_worker(settings).run()
+    except (OSError, RedisError) as exc:
+        print(f"vision-api worker: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    return 0
