@@ -88,9 +88,11 @@ class FamilyRegistry:
 def default_registry() -> FamilyRegistry:
     """A registry holding every family this project implements."""
     from engines.families.dinov3 import Dinov3Family
+    from engines.families.grounding_dino import GroundingDinoFamily
     from engines.families.sam3 import Sam3Family
 
     registry = FamilyRegistry()
     registry.register(Dinov3Family())
+    registry.register(GroundingDinoFamily())
     registry.register(Sam3Family())
     return registry

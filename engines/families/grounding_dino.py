@@ -1,0 +1,329 @@
+"""GroundingDINO and MM-GroundingDINO: open-vocabulary detection from text prompts.
+
+Pre-processing (:mod:`grounding_dino_images`), prompts (:mod:`grounding_dino_text`) and
+post-processing (:mod:`grounding_dino_detections`) live next to this module and are shared by
+every runtime; the core runs one graph ``model``: pixel_values, pixel_mask, input_ids,
+token_type_ids, attention_mask → logits (B, Q, T), pred_boxes (B, Q, 4). The Swin backbone
+(``model.model.backbone``) sees only pixels and is where an export could split the graph, but it
+is ~14 % of the time at 800²; the text-conditioned encoder/decoder is the rest.
+
+Batching: by default images are grouped by their resized shape (the default ``batch_key``)
+and never padded to share a forward. Padding changes what the Swin backbone sees near the padded
+border, so an image's detections would depend on the other images in the request, and on 2 CPU
+cores a batch costs more per image than single forwards anyway. ``pad_batches=True`` lets
+images of any size share a forward, padded with a pixel mask exactly as the reference processor
+batches them (tested against it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.checkpoints import resolve_checkpoint
+from engines.families.grounding_dino_detections import detections
+from engines.families.grounding_dino_images import (
+    DEFAULT_PREPROCESSING,
+    Preprocessing,
+    load_preprocessing,
+    pad_batch,
+)
+from engines.families.grounding_dino_text import Caption, encode_prompts
+
+MM_LICENSE = "Apache-2.0 (MMDetection; see model card)"
+MM_HUB = "openmmlab-community/mm_grounding_dino_{}"
+VARIANTS = {
+    "tiny": VariantSpec("tiny", "IDEA-Research/grounding-dino-tiny", "Apache-2.0"),
+    "base": VariantSpec("base", "IDEA-Research/grounding-dino-base", "Apache-2.0"),
+    **{
+        f"mm-{name.replace('_', '-')}": VariantSpec(
+            f"mm-{name.replace('_', '-')}", MM_HUB.format(name), MM_LICENSE
+        )
+        for name in (
+            "tiny_o365v1_goldg",
+            "tiny_o365v1_goldg_grit",
+            "tiny_o365v1_goldg_v3det",
+            "tiny_o365v1_goldg_grit_v3det",
+            "base_o365v1_goldg_v3det",
+            "base_all",
+            "large_o365v2_oiv6_goldg",
+            "large_all",
+        )
+    },
+}
+
+
+class GroundingDinoOptions(Protocol):
+    """The request fields this family reads."""
+
+    prompts: list[str]
+    box_threshold: float
+    text_threshold: float
+
+
+@dataclass
+class PaddedPrepared(Prepared):
+    """A prepared image that may share a forward with images of any size (padded)."""
+
+    @property
+    def batch_key(self) -> Hashable:
+        """One key for all: the forward pads to the largest image."""
+        return "grounding-dino"
+
+
+class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
+    """GroundingDINO around a core with one graph ``model``.
+
+    Args:
+        core: The runtime core.
+        preprocessing: The checkpoint's image recipe.
+        tokenizer: The checkpoint's (BERT) tokenizer.
+        max_text_len: Most text tokens the model reads.
+        pad_batches: Let images of different sizes share a forward by padding.
+        checkpoint_dir: Where the checkpoint lives.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        preprocessing: Preprocessing,
+        tokenizer: Any,
+        max_text_len: int,
+        *,
+        pad_batches: bool = False,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
+        super().__init__(core, checkpoint_dir)
+        self.preprocessing = preprocessing
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+        self.pad_batches = pad_batches
+        # One tokenisation per prompt list: every image of a request shares it.
+        self._encode = functools.lru_cache(maxsize=64)(self._encode_uncached)
+
+    def _encode_uncached(self, prompts: tuple[str, ...]) -> Caption:
+        return encode_prompts(prompts, self.tokenizer, self.max_text_len)
+
+    def caption(self, prompts: Sequence[str]) -> Caption:
+        """The model's text for ``prompts`` (cached).
+
+        Raises:
+            InvalidInputError: Empty prompts or too many tokens.
+        """
+        return self._encode(tuple(prompts))
+
+    def prepare(self, image: Image.Image, options: GroundingDinoOptions) -> Prepared:
+        """Resize, rescale and normalise one image; attach the request's caption."""
+        caption = self.caption(options.prompts)
+        pixels = self.preprocessing(image)
+        cls = PaddedPrepared if self.pad_batches else Prepared
+        return cls({"pixel_values": pixels}, image.width, image.height, {"caption": caption})
+
+    def forward(
+        self, batch: Sequence[Prepared], options: GroundingDinoOptions
+    ) -> list[dict[str, np.ndarray]]:
+        """One forward for the batch (padded to its largest image if sizes differ)."""
+        caption: Caption = batch[0].extra["caption"]
+        pixel_values, pixel_mask = pad_batch([p.arrays["pixel_values"] for p in batch])
+        inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+        inputs.update(caption.arrays(len(batch)))
+        out = self.core.run("model", inputs)
+        return [
+            {"logits": out["logits"][i], "pred_boxes": out["pred_boxes"][i]}
+            for i in range(len(batch))
+        ]
+
+    def postprocess(
+        self, raw: dict[str, np.ndarray], prepared: Prepared, options: GroundingDinoOptions
+    ) -> dict[str, Any]:
+        """Threshold, label with whole prompts, scale boxes to input pixels."""
+        found = detections(
+            raw["logits"],
+            raw["pred_boxes"],
+            prepared.extra["caption"],
+            prepared.width,
+            prepared.height,
+            options.box_threshold,
+            options.text_threshold,
+        )
+        return {"width": prepared.width, "height": prepared.height, "detections": found}
+
+    def warmup(self) -> None:
+        """One forward on a blank image."""
+        options = _WarmupOptions()
+        self.forward([self.prepare(Image.new("RGB", (64, 48)), options)], options)
+
+
+@dataclass
+class _WarmupOptions:
+    prompts: list[str] = field(default_factory=lambda: ["object"])
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+
+
+class GroundingDinoFamily(Family):
+    """GroundingDINO (IDEA-Research) and MM-GroundingDINO (OpenMMLab) through transformers."""
+
+    name = "grounding-dino"
+    aliases = ("grounding_dino",)
+    default_variant = "tiny"
+    variants = VARIANTS
+
+    def load_torch(self, request: LoadRequest) -> GroundingDinoPipeline:
+        """Load with ``AutoModelForZeroShotObjectDetection`` and the checkpoint's tokenizer.
+
+        That resolves ``GroundingDinoForObjectDetection`` or, for MM-GroundingDINO
+        checkpoints, ``MMGroundingDinoForObjectDetection``; both take and return the same.
+        """
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
+
+        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+
+        set_torch_threads(request.torch_threads)
+        path = resolve_checkpoint(
+            request.spec.source,
+            request.hf_token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt"],
+        )
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            path, dtype=DTYPES[request.dtype]
+        )
+        model = model.to(request.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+
+        def run_model(
+            pixel_values: torch.Tensor,
+            pixel_mask: torch.Tensor,
+            input_ids: torch.Tensor,
+            token_type_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+        ) -> dict[str, torch.Tensor]:
+            out = model(
+                pixel_values=pixel_values,
+                pixel_mask=pixel_mask,
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+            )
+            # logits are padded with -inf to max_text_len: keep the caption's tokens only.
+            return {"logits": out.logits[..., : input_ids.shape[1]], "pred_boxes": out.pred_boxes}
+
+        core = TorchCore(model, {"model": run_model}, request.device, request.dtype)
+        return GroundingDinoPipeline(
+            core,
+            load_preprocessing(path),
+            tokenizer,
+            int(model.config.max_text_len),
+            checkpoint_dir=path,
+        )
+
+    def write_tiny(self, directory: Path) -> dict[str, str]:
+        """A tiny random GroundingDINO with a BERT-style tokenizer, in the released layout."""
+        target = directory / "grounding-dino-tiny"
+        write_tiny_checkpoint(target)
+        return {"tiny": target.name}
+
+
+def write_tiny_checkpoint(target: Path, *, mm: bool = False, seed: int = 0) -> Path:
+    """Write a tiny random (MM-)GroundingDINO checkpoint with tokenizer and processor config.
+
+    The model hard-codes [CLS]/[SEP]/./? as ids 101/102/1012/1029, so the vocabulary keeps
+    BERT's ids for those; it holds single letters and ``##`` letter pieces (any lowercase
+    word tokenises) plus a few whole words. ``d_model`` is a multiple of 32 (GroupNorm(32)) and
+    there are two decoder layers (the box heads are tied across layers).
+    """
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
+        SwinConfig,
+    )
+
+    torch.manual_seed(seed)
+    vocab = _tiny_vocab()
+    config_cls: Any = MMGroundingDinoConfig if mm else GroundingDinoConfig
+    model_cls: Any = MMGroundingDinoForObjectDetection if mm else GroundingDinoForObjectDetection
+    swin: dict[str, Any] = {
+        "embed_dim": 16,
+        "depths": [1, 1, 1, 1],
+        "num_heads": [1, 1, 2, 2],
+        "window_size": 7,
+        "image_size": 224,
+        "out_indices": [2, 3, 4],
+    }
+    config = config_cls(
+        backbone_config=SwinConfig(**swin),
+        text_config=BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=50,
+    )
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        # Random weights give logits of std ~5 whose sigmoids saturate at 0 or 1 (GroundingDINO),
+        # or sit near sigmoid(-4.6) (MM's prior bias): spread them over (0, 1) instead, so that
+        # thresholds matter in tests.
+        if mm:
+            for head in model.class_embed:
+                head.bias.zero_()
+        else:
+            model.model.decoder.layer_norm.weight.mul_(0.2)
+            model.model.decoder.layer_norm.bias.mul_(0.2)
+    model.save_pretrained(target)
+    BertTokenizer(vocab=vocab).save_pretrained(target)
+    processor = {
+        **DEFAULT_PREPROCESSING,
+        "size": {"shortest_edge": 224, "longest_edge": 320},
+        "format": "coco_detection",
+        "image_processor_type": "GroundingDinoImageProcessor",
+        "processor_class": "GroundingDinoProcessor",
+    }
+    (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return target
+
+
+def _tiny_vocab() -> dict[str, int]:
+    specials = {
+        "[PAD]": 0,
+        "[UNK]": 100,
+        "[CLS]": 101,
+        "[SEP]": 102,
+        "[MASK]": 103,
+        ".": 1012,
+        "?": 1029,
+    }
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = [*letters, *(f"##{c}" for c in letters), *",-'!()/&:;"]
+    words += "a an the cat dog person man woman rocket coffee cup mug camera astronaut".split()
+    vocab = dict(specials)
+    free = (i for i in range(1100) if i not in specials.values())
+    for word in dict.fromkeys(words):
+        vocab.setdefault(word, next(free))
+    for i in free:
+        vocab[f"[unused{i}]"] = i
+    return vocab
