@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 WORDS = (
     "a an the of and with on in red blue green white black small big cat cats dog person people "
@@ -24,9 +25,9 @@ TEXT_LENGTH = 32
 def write_tiny_checkpoint(target: Path, seed: int = 0) -> None:
     """Write model weights, config, tokenizer files and ``preprocessor_config.json``."""
     import torch
-    from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3VisionConfig, Sam3ViTConfig
+    from transformers import Sam3Config, Sam3Model, Sam3VisionConfig, Sam3ViTConfig
 
-    vocab, merges = _vocab_and_merges()
+    vocab, _ = _vocab_and_merges()
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     config = Sam3Config(
         vision_config=Sam3VisionConfig(
@@ -95,13 +96,7 @@ def write_tiny_checkpoint(target: Path, seed: int = 0) -> None:
         model.mask_decoder.mask_embedder.layers[-1].weight.mul_(20.0)
     model.save_pretrained(target)
 
-    # tokenizers' BPE wants (left, right) pairs, whatever CLIPTokenizer's annotation says.
-    tokenizer = CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,  # type: ignore[arg-type]
-        model_max_length=TEXT_LENGTH,
-    )
-    tokenizer.save_pretrained(target)
+    tiny_tokenizer().save_pretrained(target)
     processor = {
         "image_processor_type": "Sam3ImageProcessor",
         "processor_class": "Sam3Processor",
@@ -117,6 +112,19 @@ def write_tiny_checkpoint(target: Path, seed: int = 0) -> None:
         "image_std": [0.5, 0.5, 0.5],
     }
     (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+
+
+def tiny_tokenizer() -> Any:
+    """Build a CLIP tokenizer over the byte symbols plus merges for :data:`WORDS`."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _vocab_and_merges()
+    # tokenizers' BPE wants (left, right) pairs, whatever CLIPTokenizer's annotation says.
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=TEXT_LENGTH,
+    )
 
 
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
