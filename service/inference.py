@@ -17,10 +17,12 @@ from engines.pool import ModelPool
 from service.images import DecodedImage, ImageDecoder
 from service.schemas.common import ImageInput, InferenceRequest, InferenceResponse
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
+from service.schemas.sam3 import Sam3Request, Sam3Response
 
 # Model type → (request schema, response schema). Families add their line here.
 SCHEMAS: dict[str, tuple[type[InferenceRequest], type[InferenceResponse]]] = {
     "dinov3": (Dinov3Request, Dinov3Response),
+    "sam3": (Sam3Request, Sam3Response),
 }
 
 

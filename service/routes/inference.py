@@ -8,6 +8,7 @@ from litestar import Controller, post
 
 from service.inference import InferenceService
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
+from service.schemas.sam3 import Sam3Request, Sam3Response
 
 
 class InferenceController(Controller):
@@ -20,3 +21,10 @@ class InferenceController(Controller):
     async def dinov3(self, data: JSONBody[Dinov3Request], inference: NamedDependency[InferenceService]) -> Dinov3Response:
         """Embed each image; optionally return its patch features on their grid."""
         return await inference.run("dinov3", data)  # type: ignore[return-value]
+
+    @post("/sam3", status_code=200, summary="SAM3 text-prompted instance segmentation")
+    async def sam3(
+        self, data: JSONBody[Sam3Request], inference: NamedDependency[InferenceService]
+    ) -> Sam3Response:
+        """Segment every instance of each prompt; each image is encoded once for all prompts."""
+        return await inference.run("sam3", data)  # type: ignore[return-value]
