@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,3 +192,24 @@ def test_bad_input_is_a_clear_4xx(http: httpx.Client, body: dict[str, Any], need
     assert response.status_code == expected, response.text
     assert needle.lower() in response.json()["detail"].lower()
     assert "Traceback" not in response.text
+
+
+def test_async_job_gives_the_synchronous_result(http: httpx.Client) -> None:
+    body = {"images": [asset_b64("chelsea.jpg")], "prompts": PROMPTS, "output_format": "rle"}
+    submitted = http.post("/jobs/submit/sam3", json=body)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (job := http.get(f"/jobs/{job_id}").json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["status"] == "completed", job
+    expected = segment(http, **body)["results"]
+    assert job["result"]["model_type"] == "sam3"
+    assert job["result"]["results"] == expected
+
+
+def test_bad_job_is_refused_before_queueing(http: httpx.Client) -> None:
+    response = http.post("/jobs/submit/sam3", json={"images": [IMAGE], "prompts": ["  "]})
+    assert response.status_code == 400, response.text
+    assert "prompts[0]" in response.json()["detail"]
