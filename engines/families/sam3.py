@@ -89,9 +89,18 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
-        """Read ``path/preprocessor_config.json``; the released recipe if there is none."""
+        """Read the checkpoint's image-processor settings; the released recipe if it has none.
+
+        They are in ``preprocessor_config.json``, or under ``image_processor`` in the single
+        ``processor_config.json`` that newer processors save.
+        """
         file = path / "preprocessor_config.json"
-        return cls.from_config(json.loads(file.read_text()) if file.exists() else {})
+        if file.exists():
+            return cls.from_config(json.loads(file.read_text()))
+        combined = path / "processor_config.json"
+        if combined.exists():
+            return cls.from_config(json.loads(combined.read_text()).get("image_processor", {}))
+        return cls.from_config({})
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pre-process an RGB image into a (3, H, W) float32 array."""

@@ -183,6 +183,19 @@ def test_preprocessing_matches_reference_recipe(checkpoint: Path, name: str) -> 
     assert (released - reference_pixels(image, 1008)).abs().max() <= 0.02
 
 
+def test_preprocessing_config_locations(tmp_path: Path) -> None:
+    import json
+
+    assert Preprocessing.load(tmp_path).size == (1008, 1008)  # none: the released recipe
+    settings = {"size": {"height": 224, "width": 320}, "image_mean": [0.1] * 3}
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": settings}))
+    combined = Preprocessing.load(tmp_path)
+    assert (combined.size, combined.mean, combined.std) == ((224, 320), (0.1,) * 3, (0.5,) * 3)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    separate = Preprocessing.load(tmp_path)  # the dedicated file wins
+    assert (separate.size, separate.mean, separate.std) == ((1008, 1008), None, None)
+
+
 async def test_tokens_are_padded_like_sam3_processor(
     pool: ModelPool, reference_tokenizer: Any
 ) -> None:
