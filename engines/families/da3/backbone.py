@@ -112,7 +112,9 @@ class VisionTransformer(nn.Module):
         """
         cfg = self.config
         batch = pixels.shape[0]
-        grid_h, grid_w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        # Plain ints: under tracing the grid becomes a constant (export with a fixed H x W).
+        grid_h = int(pixels.shape[-2]) // self.patch_size
+        grid_w = int(pixels.shape[-1]) // self.patch_size
         x = self.patch_embed(pixels)
         x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
         x = x + self._position_embedding(grid_h, grid_w)

@@ -89,7 +89,7 @@ def pose_to_cameras(pose: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     pose = pose.float()
     rotation = quaternion_to_matrix(pose[:, 3:7])
     translation = pose[:, :3, None]
-    inverse_rotation = rotation.mT
+    inverse_rotation = rotation.transpose(-1, -2)
     extrinsics = torch.cat((inverse_rotation, -inverse_rotation @ translation), dim=-1)
     fy = (height / 2.0) / torch.clamp(torch.tan(pose[:, 7] / 2.0), 1e-6)
     fx = (width / 2.0) / torch.clamp(torch.tan(pose[:, 8] / 2.0), 1e-6)

@@ -17,6 +17,11 @@ from torch import Tensor, nn
 HEAD_HIDDEN = 32  # width of the last 3x3 convolution before each output
 
 
+def _size(x: Tensor) -> tuple[int, int]:
+    """Height and width as plain ints (constants when traced: export at a fixed size)."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
@@ -162,7 +167,7 @@ class DptHead(nn.Module):
     def _add_uv(self, x: Tensor, aspect: float) -> Tensor:
         if not self.uses_uv_embedding:
             return x
-        embedding = uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], aspect, x)
+        embedding = uv_embedding(*_size(x), x.shape[1], aspect, x)
         return x + 0.1 * embedding
 
     def _pyramid(
@@ -186,10 +191,10 @@ class DptHead(nn.Module):
         aspect = width / height
         l1, l2, l3, l4 = self._pyramid(features, grid, aspect)
         s = self.scratch
-        out = s.refinenet4(l4, None, tuple(l3.shape[-2:]))
-        out = s.refinenet3(out, l3, tuple(l2.shape[-2:]))
-        out = s.refinenet2(out, l2, tuple(l1.shape[-2:]))
-        out = s.refinenet1(out, l1, (2 * l1.shape[-2], 2 * l1.shape[-1]))
+        out = s.refinenet4(l4, None, _size(l3))
+        out = s.refinenet3(out, l3, _size(l2))
+        out = s.refinenet2(out, l2, _size(l1))
+        out = s.refinenet1(out, l1, (2 * _size(l1)[0], 2 * _size(l1)[1]))
         out = s.output_conv1(out)
         out = _upsample(out, (grid[0] * self.patch_size, grid[1] * self.patch_size))
         return self._add_uv(out, aspect)

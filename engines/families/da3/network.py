@@ -89,7 +89,7 @@ class Da3Network(nn.Module):
             A :class:`Da3Output`.
 
         """
-        height, width = pixel_values.shape[-2], pixel_values.shape[-1]
+        height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
         outputs = self.backbone(pixel_values)
         features = [patches for patches, _ in outputs]
         depth, second = self.head(features, height, width)

@@ -30,8 +30,8 @@ def masked_quantile(values: Tensor, keep: Tensor, q: float) -> Tensor:
     ordered = torch.sort(torch.where(keep, values, torch.full_like(values, torch.inf)), -1).values
     count = keep.sum(-1)
     rank = torch.tensor(q, dtype=torch.float32, device=values.device) * (count - 1).float()
-    below = rank.floor().clamp(0, values.shape[-1] - 1)
-    above = rank.ceil().clamp(0, values.shape[-1] - 1)
+    last = int(values.shape[-1]) - 1
+    below, above = rank.floor().clamp(0, last), rank.ceil().clamp(0, last)
     low = ordered.gather(-1, below.long()[:, None])[:, 0]
     high = ordered.gather(-1, above.long()[:, None])[:, 0]
     return torch.lerp(low, high, (rank - below).to(values.dtype))
