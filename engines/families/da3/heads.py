@@ -168,7 +168,7 @@ class DptHead(nn.Module):
         if not self.uses_uv_embedding:
             return x
         embedding = uv_embedding(*_size(x), x.shape[1], aspect, x)
-        return x + 0.1 * embedding
+        return x + (0.1 * embedding).to(x.dtype)
 
     def _pyramid(
         self, features: Sequence[Tensor], grid: tuple[int, int], aspect: float

@@ -83,13 +83,14 @@ class Da3Network(nn.Module):
 
         Args:
             pixel_values: [B, 3, H, W] ImageNet-normalised images, H and W multiples of 14
-                (see ``preprocess_da3``).
+                (see ``preprocess_da3``); cast to the weights' dtype.
 
         Returns:
             A :class:`Da3Output`.
 
         """
         height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+        pixel_values = pixel_values.to(self.backbone.pretrained.pos_embed.dtype)
         outputs = self.backbone(pixel_values)
         features = [patches for patches, _ in outputs]
         depth, second = self.head(features, height, width)
