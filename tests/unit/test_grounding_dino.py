@@ -173,6 +173,8 @@ async def test_served_detections_equal_transformers(pool: ModelPool, checkpoint:
 
 
 async def test_several_sizes_in_one_call_equal_single_calls(pool: ModelPool) -> None:
+    pipeline = (await pool.load("grounding-dino")).pipeline
+    assert isinstance(pipeline, GroundingDinoPipeline) and not pipeline.pad_batches  # CPU
     images = [photo(name) for name in PHOTOS]
     options = Options()
     outcome = await pool.infer("grounding_dino", None, images, options)
