@@ -17,11 +17,13 @@ from engines.pool import ModelPool
 from service.images import DecodedImage, ImageDecoder
 from service.schemas.common import ImageInput, InferenceRequest, InferenceResponse
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
+from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
 from service.schemas.sam3 import Sam3Request, Sam3Response
 
 # Model type → (request schema, response schema). Families add their line here.
 SCHEMAS: dict[str, tuple[type[InferenceRequest], type[InferenceResponse]]] = {
     "dinov3": (Dinov3Request, Dinov3Response),
+    "grounding-dino": (GroundingDinoRequest, GroundingDinoResponse),
     "sam3": (Sam3Request, Sam3Response),
 }
 

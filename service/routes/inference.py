@@ -8,6 +8,7 @@ from litestar import Controller, post
 
 from service.inference import InferenceService
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
+from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
 from service.schemas.sam3 import Sam3Request, Sam3Response
 
 
@@ -21,6 +22,13 @@ class InferenceController(Controller):
     async def dinov3(self, data: JSONBody[Dinov3Request], inference: NamedDependency[InferenceService]) -> Dinov3Response:
         """Embed each image; optionally return its patch features on their grid."""
         return await inference.run("dinov3", data)  # type: ignore[return-value]
+
+    @post("/grounding-dino", status_code=200, summary="GroundingDINO open-vocabulary detection")
+    async def grounding_dino(
+        self, data: JSONBody[GroundingDinoRequest], inference: NamedDependency[InferenceService]
+    ) -> GroundingDinoResponse:
+        """Detect the objects the prompts name; each detection carries its whole prompt."""
+        return await inference.run("grounding-dino", data)  # type: ignore[return-value]
 
     @post("/sam3", status_code=200, summary="SAM3 text-prompted instance segmentation")
     async def sam3(
