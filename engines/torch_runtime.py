@@ -10,7 +10,12 @@ import torch
 
 from engines.base import Arrays
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,  # export parity references only
+}
 
 GraphFn = Callable[..., Mapping[str, torch.Tensor]]
 
@@ -68,7 +73,7 @@ class TorchCore:
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach()
-    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
         tensor = tensor.float()
     return tensor.cpu().numpy()
 
