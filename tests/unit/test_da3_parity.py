@@ -286,3 +286,7 @@ def test_mismatched_checkpoints_fail_loudly(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_name": "da3-tiny-unknown"}))
     with pytest.raises(ValueError, match="no DA3 preset"):
         load_da3(tmp_path)
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_name": "da3nested-giant-large"}))
+    with pytest.raises(ValueError, match="not supported"):
+        load_da3(tmp_path)

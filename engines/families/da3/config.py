@@ -122,6 +122,11 @@ class Da3Config:
         fields = {k: v for k, v in data.items() if k in names}
         model_name = fields.get("model_name")
         if set(fields) <= {"model_name"}:
+            if str(model_name).startswith("da3nested"):
+                raise ValueError(
+                    f"{model_name} (any-view giant + metric large, aligned) is not supported: "
+                    "load DA3-GIANT and DA3METRIC-LARGE as two models instead."
+                )
             if model_name not in PRESETS:
                 raise ValueError(
                     f"config.json names model {model_name!r}, which is no DA3 preset "
