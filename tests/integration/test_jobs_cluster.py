@@ -1,0 +1,198 @@
+"""The Redis deployment as separate processes: ``vision-api serve`` replicas and
+``vision-api worker`` processes on one Redis; workers stopped or killed mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+pytest.register_assert_rewrite("conftest_jobs")  # before it is imported
+from conftest_jobs import (  # noqa: E402
+    BODY,
+    BROKEN_BODY,
+    REDIS_URL,
+    WORKER_READY,
+    Process,
+    new_prefix,
+    remove_prefix,
+    serve_app,
+    settings_for,
+    start_api,
+    start_worker,
+    wait_for,
+    wait_healthy,
+)
+
+pytest_plugins = ["conftest_jobs"]  # its fixtures: jobs_config, redis_client, redis_prefix
+pytestmark = pytest.mark.integration
+
+
+class Cluster:
+    """Two API processes and two workers sharing one Redis key prefix."""
+
+    def __init__(self, apis: list[str], workers: list[Process]) -> None:
+        self.apis = apis
+        self.workers = workers
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    jobs_config: Path, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """``vision-api serve`` ×2 and ``vision-api worker`` ×2, started together."""
+    prefix = new_prefix()
+    logs = tmp_path_factory.mktemp("cluster")
+    env = {"VISION_API_REDIS_URL": REDIS_URL, "VISION_API_REDIS_KEY_PREFIX": prefix}
+    worker_env = {**env, "VISION_API_JOB_CONCURRENCY": "4"}
+    started = [start_api(jobs_config, env, logs / f"api{i}.log") for i in range(2)]
+    workers = [start_worker(jobs_config, worker_env, logs / f"worker{i}.log") for i in range(2)]
+    try:
+        for process, url in started:
+            wait_healthy(url, process)
+        for worker in workers:
+            worker.wait_for_line(WORKER_READY)
+        yield Cluster([url for _, url in started], workers)
+    finally:
+        api_codes = [p.stop() for p, _ in started]
+        worker_codes = [w.stop() for w in workers]
+        remove_prefix(redis_client, prefix)
+    # uvicorn re-raises the signal after its graceful shutdown; arq returns
+    assert set(api_codes) <= {0, -signal.SIGTERM} and worker_codes == [0, 0]
+
+
+def _ran(worker: Process, job_id: str) -> int:
+    """How many times ``worker`` logged the end of ``job_id``."""
+    return worker.text().count(f"{job_id}:run_inference_job ●")
+
+
+async def test_submit_on_one_api_poll_and_list_on_the_other(cluster: Cluster) -> None:
+    one, other = (httpx.AsyncClient(base_url=u, timeout=30) for u in cluster.apis)
+    async with one, other:
+        ids = []
+        for body in (BODY, BROKEN_BODY, BODY):
+            submitted = await one.post("/jobs/submit/dinov3", json=body)
+            assert submitted.status_code == 202, submitted.text
+            ids.append(submitted.json()["job_id"])
+        jobs = [await wait_for(other, job_id) for job_id in ids]
+        assert [j["status"] for j in jobs] == ["completed", "failed", "completed"]
+        assert "/nonexistent/dinov3-checkpoint" in jobs[1]["error"]
+
+        sync = (await one.post("/inference/dinov3", json=BODY)).json()
+        np.testing.assert_allclose(
+            np.array(jobs[0]["result"]["results"][0]["embedding"]),
+            np.array(sync["results"][0]["embedding"]), rtol=1e-6, atol=1e-7,
+        )
+        # a worker computed them (the APIs only enqueue)
+        for job_id in ids:
+            assert sum(_ran(w, job_id) for w in cluster.workers) == 1
+
+        listed = (await other.get("/jobs", params={"limit": 3})).json()
+        assert [j["job_id"] for j in listed["jobs"]] == ids[::-1]
+        assert (await one.get("/jobs", params={"status": "failed"})).json()["jobs"][0][
+            "job_id"] == ids[1]
+
+        assert (await other.delete(f"/jobs/{ids[0]}")).status_code == 204
+        assert (await one.get(f"/jobs/{ids[0]}")).status_code == 404
+
+        health = (await one.get("/health")).json()
+        assert health["jobs"] == {"backend": "redis", "ok": True, "detail": None}
+
+
+async def test_200_jobs_at_once_with_two_workers(cluster: Cluster) -> None:
+    clients = [httpx.AsyncClient(base_url=u, timeout=60) for u in cluster.apis]
+    limit = asyncio.Semaphore(16)
+
+    async def submit(i: int) -> str:
+        async with limit:
+            response = await clients[i % 2].post("/jobs/submit/dinov3", json=BODY)
+        assert response.status_code == 202, response.text
+        return str(response.json()["job_id"])
+
+    try:
+        ids = await asyncio.gather(*(submit(i) for i in range(200)))
+        assert len(set(ids)) == 200
+        deadline = time.monotonic() + 150
+        while True:
+            done = (await clients[1].get("/jobs", params={"status": "completed",
+                                                          "limit": 1000})).json()
+            if set(ids) <= {j["job_id"] for j in done["jobs"]}:
+                break
+            assert time.monotonic() < deadline, f"{done['total']} completed after 150 s"
+            await asyncio.sleep(0.5)
+
+        listing = (await clients[0].get("/jobs", params={"limit": 1000})).json()
+        listed = [j["job_id"] for j in listing["jobs"]]
+        assert len(listed) == len(set(listed)) == listing["total"]  # no duplicates
+        assert set(ids) <= set(listed)  # none lost
+        mine = [j for j in listing["jobs"] if j["job_id"] in set(ids)]
+        assert all(j["status"] == "completed" and j["attempts"] == 1 for j in mine)
+        created = [datetime.fromisoformat(j["created_at"].replace("Z", "+00:00"))
+                   for j in listing["jobs"]]
+        assert created == sorted(created, reverse=True)  # newest first
+
+        runs = {job_id: sum(_ran(w, job_id) for w in cluster.workers) for job_id in ids}
+        assert set(runs.values()) == {1}, "each job ran exactly once"
+        per_worker = [sum(_ran(w, job_id) for job_id in ids) for w in cluster.workers]
+        assert all(n > 0 for n in per_worker), per_worker  # both workers took jobs
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_a_worker_stopped_mid_job_does_not_lose_it(
+    jobs_config: Path, redis_prefix: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGKILL: the job stays ``running`` until its in-progress key expires (job_timeout_s +
+    10 s), then the next worker runs it again. SIGTERM: arq cancels it and puts it back on the
+    queue at once (``pending``); the worker exits cleanly; the next worker runs it."""
+    timeout_s = 4
+    env = {"VISION_API_REDIS_URL": REDIS_URL, "VISION_API_REDIS_KEY_PREFIX": redis_prefix,
+           "VISION_API_JOB_TIMEOUT_S": str(timeout_s)}
+    first = start_worker(jobs_config, {**env, "VISION_API_DEBUG_JOB_DELAY_S": "2.5"},
+                         tmp_path / "first.log")
+    second: Process | None = None
+    settings = settings_for(jobs_config, redis_url=REDIS_URL, redis_key_prefix=redis_prefix,
+                            job_timeout_s=timeout_s)
+    try:
+        await asyncio.to_thread(first.wait_for_line, WORKER_READY)
+        async with serve_app(settings) as client:
+            job_id = (await client.post("/jobs/submit/dinov3", json=BODY)).json()["job_id"]
+            running = await wait_for(client, job_id, ("running",), timeout_s=10)
+            code = await asyncio.to_thread(first.stop, sig)
+            stopped_at = time.monotonic()
+            after = (await client.get(f"/jobs/{job_id}")).json()
+            if sig == signal.SIGKILL:
+                assert code == -signal.SIGKILL
+                # its claim outlives it: running until the in-progress key expires
+                assert after["status"] == "running"
+            else:
+                assert code == 0, first.text()[-2000:]
+                assert "cancelled, will be run again" in first.text()
+                assert after["status"] == "pending" and after["started_at"] is None
+
+            second = start_worker(jobs_config, {**env, "VISION_API_PRELOAD": "dinov3"},
+                                  tmp_path / "second.log")
+            seen = [after["status"]]
+            job = await wait_for(client, job_id, timeout_s=timeout_s + 10 + 40, seen=seen)
+            waited_s = time.monotonic() - stopped_at
+            assert job["status"] == "completed", job
+            assert job["attempts"] == 2 and job["result"] is not None
+            assert job["started_at"] > running["started_at"]  # the second attempt's start
+            assert "try=2" in second.text() and _ran(second, job_id) == 1
+            if sig == signal.SIGKILL:
+                assert seen[:2] == ["running", "pending"] and waited_s > timeout_s + 5
+            assert seen[-2:] == ["running", "completed"], seen
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
