@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,11 @@ class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self.pad_batches = pad_batches
-        # One tokenisation per prompt list: every image of a request shares it.
+        # One tokenisation per prompt list: every image of a request shares it. The lock makes
+        # the images prepared in parallel wait for the first one (and keeps the Rust tokenizer,
+        # which is not safe to call from several threads at once, to one caller).
         self._encode = functools.lru_cache(maxsize=64)(self._encode_uncached)
+        self._encode_lock = threading.Lock()
 
     def _encode_uncached(self, prompts: tuple[str, ...]) -> Caption:
         return encode_prompts(prompts, self.tokenizer, self.max_text_len)
@@ -121,7 +125,9 @@ class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
         Raises:
             InvalidInputError: Empty prompts or too many tokens.
         """
-        return self._encode(tuple(prompts))
+        key = tuple(prompts)
+        with self._encode_lock:
+            return self._encode(key)
 
     def prepare(self, image: Image.Image, options: GroundingDinoOptions) -> Prepared:
         """Resize, rescale and normalise one image; attach the request's caption."""
