@@ -42,7 +42,8 @@ def to_network_state(state: dict[str, Tensor], network: Da3Network) -> dict[str,
     """Map an official state dict onto ``network``'s names, checking it strictly.
 
     Raises:
-        ValueError: Keys without the ``model.`` prefix, or missing / unexpected weights.
+        ValueError: Keys without the ``model.`` prefix, missing / unexpected weights, or
+            aliases of one shared weight that differ.
 
     """
     if bad := sorted(k for k in state if not k.startswith(KEY_PREFIX)):
@@ -52,6 +53,8 @@ def to_network_state(state: dict[str, Tensor], network: Da3Network) -> dict[str,
         state = {k: v for k, v in state.items() if not k.startswith(SKIPPED_GS_PREFIXES)}
     for group in alias_groups(network):
         present = [name for name in group if name in state]
+        if any(not torch.equal(state[name], state[present[0]]) for name in present[1:]):
+            raise ValueError(f"Checkpoint stores different values for one shared weight: {present}")
         for name in group:
             if present and name not in state:
                 state[name] = state[present[0]]
