@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from litestar.params import FromPath, Parameter
 
-from service.inference import InferenceService
+from service.inference import SCHEMAS, InferenceService
 from service.jobs.base import JobBackend
 from service.jobs.intake import validate_submission
 from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted
+
+
+@dataclass
+class _SubmitOperation(Operation):
+    """The submit operation, with its body documented (the route reads it as raw bytes)."""
+
+    def __post_init__(self) -> None:
+        refs = [Reference(f"#/components/schemas/{request.__name__}")
+                for request, _ in SCHEMAS.values()]
+        self.request_body = RequestBody(
+            required=True,
+            description="The body of POST /inference/{model_type} for the same model type.",
+            content={"application/json": OpenAPIMediaType(schema=Schema(one_of=refs))},
+        )
 
 
 class JobsController(Controller):
@@ -27,10 +43,15 @@ class JobsController(Controller):
         description="The body is the one of POST /inference/{model_type}, validated (images "
         "fetched and decoded) before anything is queued: a bad body is a 400 here, not a "
         "failed job. 503 with Retry-After when the queue is full or the job store is down.",
+        operation_class=_SubmitOperation,
     )
     async def submit(
         self,
-        model_type: FromPath[str],
+        model_type: Annotated[
+            str,
+            Parameter(description="sam3, grounding-dino, depth-anything or dinov3 (aliases "
+                      "grounding_dino, depth_anything)."),
+        ],
         request: Request,
         inference: NamedDependency[InferenceService],
         jobs: NamedDependency[JobBackend],
@@ -48,7 +69,7 @@ class JobsController(Controller):
     async def delete_job(
         self, job_id: FromPath[str], jobs: NamedDependency[JobBackend]
     ) -> None:
-        """A pending job never runs, a running one is cancelled, a finished one is removed."""
+        """Cancel a pending or running job, or remove a finished one."""
         await jobs.delete(job_id)
 
     @get("/", summary="Jobs, newest first")
