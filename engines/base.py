@@ -60,8 +60,13 @@ class Core(Protocol):
 
     engine: str
 
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
-        """Run one graph on batched inputs and return its outputs as host arrays."""
+    def run(self, graph: str, inputs: Mapping[str, Any], *, host: bool = True) -> dict[str, Any]:
+        """Run one graph on batched inputs.
+
+        With ``host=False`` a runtime may return its native device arrays (torch tensors on
+        the GPU) so that a pipeline can chain graphs without a round trip through host
+        memory; pass them back as inputs and use :func:`to_host` on what it reads itself.
+        """
         ...
 
     def memory_bytes(self) -> int:
@@ -71,6 +76,16 @@ class Core(Protocol):
     def close(self) -> None:
         """Release the weights (the pool drops its reference afterwards)."""
         ...
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A numpy array of ``array`` (a numpy array, or a torch tensor on any device)."""
+    if isinstance(array, np.ndarray):
+        return array
+    tensor = array.detach()
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
 
 
 @dataclass

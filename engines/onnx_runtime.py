@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engines.artifacts import Manifest
-from engines.base import Arrays
+from engines.base import Arrays, to_host
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,14 @@ class OrtCore:
         )
         self._use_binding = "CUDAExecutionProvider" in self.active_providers
 
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    def run(self, graph: str, inputs: Mapping[str, Any], *, host: bool = True) -> Arrays:
         """Run one graph; inputs the graph does not list are ignored (the legacy exporter
-        drops unused inputs), and inputs are cast to the dtypes the graph declares."""
+        drops unused inputs), and inputs are cast to the dtypes the graph declares. Outputs
+        are host arrays whatever ``host`` says."""
         session = self.sessions[graph]
         types = self._input_types[graph]
         feed = {
-            name: np.ascontiguousarray(inputs[name], dtype=dtype)
+            name: np.ascontiguousarray(to_host(inputs[name]), dtype=dtype)
             for name, dtype in types.items()
         }
         names = [o.name for o in session.get_outputs()]
@@ -194,9 +195,9 @@ class HybridCore:
         engines = sorted({c.engine for c in self.cores.values()})
         self.engine = "+".join(engines)
 
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    def run(self, graph: str, inputs: Mapping[str, Any], *, host: bool = True) -> dict[str, Any]:
         """Dispatch ``graph`` to its core."""
-        return self.cores[graph].run(graph, inputs)
+        return self.cores[graph].run(graph, inputs, host=host)
 
     def where(self) -> dict[str, str]:
         """Graph name → engine."""

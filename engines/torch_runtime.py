@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from engines.base import Arrays
+from engines.base import to_host
 
 DTYPES = {
     "float32": torch.float32,
@@ -44,14 +45,23 @@ class TorchCore:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
 
-    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
-        """Run ``graph``: numpy in, numpy (float32 for floats) out."""
+    def run(
+        self, graph: str, inputs: Mapping[str, np.ndarray | torch.Tensor], *, host: bool = True
+    ) -> dict[str, Any]:
+        """Run ``graph``: numpy (or tensors) in; numpy out, or tensors on the device if not
+        ``host`` (to chain graphs without copying through host memory)."""
         tensors = {name: self._to_device(a) for name, a in inputs.items()}
         with torch.inference_mode():
             outputs = self.graphs[graph](**tensors)
-        return {name: _to_numpy(t) for name, t in outputs.items() if t is not None}
+        if not host:
+            return {name: t for name, t in outputs.items() if t is not None}
+        return {name: to_host(t) for name, t in outputs.items() if t is not None}
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):
+            if array.is_floating_point():
+                return array.to(self.device, self.dtype)
+            return array.to(self.device)
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if tensor.is_floating_point():
             return tensor.to(self.device, self.dtype, non_blocking=True)
@@ -69,13 +79,6 @@ class TorchCore:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach()
-    if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
-        tensor = tensor.float()
-    return tensor.cpu().numpy()
 
 
 def set_torch_threads(threads: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from engines.base import Arrays, Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.base import Arrays, Family, LoadRequest, Pipeline, Prepared, VariantSpec, to_host
 from engines.checkpoints import resolve_checkpoint
 from engines.errors import InvalidInputError
 from engines.images import image_to_chw_float, resize_normalize
@@ -299,8 +299,11 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         """Run the vision graph on (B, 3, H, W) pixels; one embedding dict per image."""
         embeddings: list[Arrays] = []
         for start in range(0, len(pixel_values), self.images_per_call):
+            # Embeddings stay where the runtime computed them (the GPU): the decoder reads them.
             out = self.core.run(
-                "vision", {"pixel_values": pixel_values[start : start + self.images_per_call]}
+                "vision",
+                {"pixel_values": pixel_values[start : start + self.images_per_call]},
+                host=False,
             )
             count = len(out[self.vision_names[0]])
             embeddings += [
@@ -328,15 +331,19 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         parts = []
         for start in range(0, prompts, self.prompts_per_call):
             rows = slice(start, start + self.prompts_per_call)
-            out = self.core.run("decoder", {**embedding, **{k: v[rows] for k, v in text.items()}})
-            scores = _sigmoid(out["pred_logits"]) * _sigmoid(out["presence_logits"])
+            out = self.core.run(
+                "decoder", {**embedding, **{k: v[rows] for k, v in text.items()}}, host=False
+            )
+            logits, presence = to_host(out["pred_logits"]), to_host(out["presence_logits"])
+            scores = _sigmoid(logits) * _sigmoid(presence)
             prompt, query = np.nonzero(scores > threshold)
             parts.append(
                 Detections(
                     prompt_index=(prompt + start).astype(np.int64),
                     scores=scores[prompt, query],
-                    boxes=out["pred_boxes"][prompt, query],
-                    mask_logits=out["pred_masks"][prompt, query],
+                    boxes=to_host(out["pred_boxes"])[prompt, query],
+                    # Only the kept masks leave the device (all of them are P x Q x 288²).
+                    mask_logits=_take(out["pred_masks"], prompt, query),
                 )
             )
         return Detections.concat(parts)
@@ -355,6 +362,16 @@ def vision_output_names(levels: int) -> list[str]:
     return [f"fpn_hidden_states_{i}" for i in range(levels)] + [
         f"fpn_position_encoding_{i}" for i in range(levels)
     ]
+
+
+def _take(array: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``array[rows, cols]`` as a host array, gathering on the device for tensors."""
+    if isinstance(array, np.ndarray):
+        return array[rows, cols]
+    import torch
+
+    index = (torch.from_numpy(rows).to(array.device), torch.from_numpy(cols).to(array.device))
+    return to_host(array[index])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

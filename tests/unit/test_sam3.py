@@ -301,10 +301,10 @@ async def test_each_image_is_encoded_once_whatever_the_prompts(pool: ModelPool) 
     calls: list[tuple[str, int]] = []
     run = pipeline.core.run
 
-    def spy(graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def spy(graph: str, inputs: dict[str, np.ndarray], host: bool = True) -> dict[str, np.ndarray]:
         rows = inputs["text_features"] if graph == "decoder" else next(iter(inputs.values()))
         calls.append((graph, len(rows)))
-        return run(graph, inputs)
+        return run(graph, inputs, host=host)
 
     pipeline.core.run = spy  # type: ignore[method-assign]
     try:
