@@ -181,7 +181,9 @@ class ModelPool:
                 pipeline, fallback_reason = self._load_onnx(family, request, explicit=engine == "onnx")
             if pipeline is None:
                 pipeline = family.load_torch(request)
-            pipeline.warmup()
+            # ONNX Runtime reaches its steady speed only after a couple of runs.
+            for _ in range(1 if pipeline.core.engine == "torch" else 2):
+                pipeline.warmup()
         except VisionError:
             raise
         except MemoryError:
