@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 1.0
 UNREACHABLE_RETRY_AFTER_S = 5
-EMBEDDED_RESTART_S = 5.0
 _LIST_CHUNK = 500
 
 
@@ -56,7 +54,6 @@ class RedisJobBackend(JobBackend):
         self._redis: Redis | None = None
         self._store: RedisJobStore | None = None
         self._embedded: asyncio.Task[None] | None = None
-        self._worker: Worker | None = None
 
     @property
     def where(self) -> str:
@@ -91,21 +88,9 @@ class RedisJobBackend(JobBackend):
             self._redis = None
 
     async def _run_embedded(self) -> None:
-        from service.jobs.tasks import build_worker
+        from service.jobs.tasks import WorkerRuntime, supervise
 
-        while True:
-            self._worker = build_worker(self.settings, self.inference, handle_signals=False)
-            try:
-                await self._worker.async_run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("embedded job worker stopped (%s: %s); restarting in %g s",
-                            type(exc).__name__, exc, EMBEDDED_RESTART_S)
-            finally:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await self._worker.close()
-            await asyncio.sleep(EMBEDDED_RESTART_S)
+        await supervise(WorkerRuntime(self.settings, self.inference), handle_signals=False)
 
     async def health(self) -> tuple[bool, str | None]:
         """A PING within a second."""

@@ -18,11 +18,13 @@ that has already finished or was deleted, and the result write happens once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Retry, Worker, func
+from redis.exceptions import RedisError
 
 from service.inference import InferenceService
 from service.jobs import codec
@@ -31,6 +33,7 @@ from service.jobs.redis_store import FUNCTION_NAME, RedisJobStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+RESTART_S = 5.0
 
 
 async def run_inference_job(ctx: dict[str, Any], payload: bytes) -> None:
@@ -56,52 +59,60 @@ async def run_inference_job(ctx: dict[str, Any], payload: bytes) -> None:
     await store.finish(job_id, outcome)
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """The arq connection settings for ``redis_url``."""
-    return RedisSettings.from_dsn(url)
-
-
-def build_worker(
-    settings: Settings, inference: InferenceService | None = None, *, handle_signals: bool = True
-) -> Worker:
-    """An arq worker for ``settings``.
+class WorkerRuntime:
+    """What a worker keeps for its whole process, across arq worker restarts: the models.
 
     Args:
         settings: The service settings; ``jobs.redis_url`` must be set.
-        inference: Run jobs with this (the API's, for the embedded worker); when None, the
-            worker builds its own pool in ``on_startup``, once per process.
-        handle_signals: Install SIGTERM/SIGINT handlers (not inside uvicorn).
+        inference: Run jobs with this (the API's, for the embedded worker); when None, it is
+            built in the first ``on_startup``, once per process, and closed by :meth:`close`.
     """
-    jobs = settings.jobs
-    if not jobs.redis_url:
-        raise ValueError("The arq worker needs VISION_API_REDIS_URL (jobs.redis_url).")
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        if inference is None:
+    def __init__(self, settings: Settings, inference: InferenceService | None = None) -> None:
+        if not settings.jobs.redis_url:
+            raise ValueError("The arq worker needs VISION_API_REDIS_URL (jobs.redis_url).")
+        self.settings = settings
+        self.inference = inference
+        self._owned = inference is None
+
+    async def on_startup(self, ctx: dict[str, Any]) -> None:
+        """Arq's on_startup: load the models (first time only), fill the job context."""
+        jobs = self.settings.jobs
+        if self.inference is None:
             from service.app import build_inference, build_pool
 
-            ctx["inference"] = build_inference(settings, build_pool(settings))
-            for model_type in settings.runtime.preload:
+            self.inference = build_inference(self.settings, build_pool(self.settings))
+            for model_type in self.settings.runtime.preload:
                 name, _, variant = model_type.partition(":")
-                await ctx["inference"].pool.load(name, variant or None)
-        else:
-            ctx["inference"] = inference
-        ctx["settings"] = settings
+                await self.inference.pool.load(name, variant or None)
+        ctx["inference"] = self.inference
+        ctx["settings"] = self.settings
         ctx["job_store"] = RedisJobStore(ctx["redis"], jobs)
         log.info("job worker ready: queue %s:queue, %d jobs at a time, job_timeout_s %g, "
                  "job_max_tries %d", jobs.redis_key_prefix, jobs.job_concurrency,
                  jobs.job_timeout_s, jobs.job_max_tries)
 
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        if inference is None and "inference" in ctx:
-            await ctx["inference"].pool.close()
+    async def close(self) -> None:
+        """Unload the models this runtime loaded."""
+        if self._owned and self.inference is not None:
+            await self.inference.pool.close()
+            self.inference = None
 
+
+def build_worker(runtime: WorkerRuntime, *, handle_signals: bool = True) -> Worker:
+    """An arq worker running :func:`run_inference_job` with the runtime's models.
+
+    Args:
+        runtime: The models and settings.
+        handle_signals: Install SIGTERM/SIGINT handlers (not inside uvicorn).
+    """
+    jobs = runtime.settings.jobs
+    assert jobs.redis_url
     return Worker(
         functions=[func(run_inference_job, name=FUNCTION_NAME)],
         queue_name=f"{jobs.redis_key_prefix}:queue",
-        redis_settings=redis_settings(jobs.redis_url),
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
+        redis_settings=RedisSettings.from_dsn(jobs.redis_url),
+        on_startup=runtime.on_startup,
         handle_signals=handle_signals,
         max_jobs=jobs.job_concurrency,
         job_timeout=jobs.job_timeout_s,
@@ -113,3 +124,29 @@ def build_worker(
         job_serializer=codec.serialize,
         job_deserializer=codec.deserialize,
     )
+
+
+async def supervise(runtime: WorkerRuntime, *, handle_signals: bool) -> None:
+    """Run an arq worker; start a new one whenever Redis goes away, until told to stop.
+
+    Stops on SIGTERM / SIGINT when ``handle_signals`` (arq cancels the running jobs and puts
+    them back on the queue), or when the calling task is cancelled (the embedded worker).
+    """
+    stop = asyncio.Event()
+    while not stop.is_set():
+        worker = build_worker(runtime, handle_signals=handle_signals)
+        if handle_signals:  # (without, arq's close() "signals" itself: not a reason to stop)
+            worker.on_stop = lambda _signal: stop.set()
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise  # our task was cancelled, not the worker stopped by a signal
+        except (RedisError, OSError) as exc:
+            log.warning("job worker lost Redis (%s: %s); starting again in %g s",
+                        type(exc).__name__, exc, RESTART_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await worker.close()  # re-queues cancelled jobs, unless Redis is gone
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RESTART_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -10,6 +11,8 @@ from service.settings import Settings
 
 def run_worker(config_path: str | None) -> int:
     """Run an arq worker until SIGTERM / SIGINT; the exit status.
+
+    Models load once per process; if Redis goes away the worker waits and reconnects.
 
     Args:
         config_path: The same TOML settings file as ``vision-api serve --config``
@@ -28,13 +31,15 @@ def run_worker(config_path: str | None) -> int:
             file=sys.stderr,
         )
         return 2
-    from redis.exceptions import RedisError
+    from service.jobs.tasks import WorkerRuntime, supervise
 
-    from service.jobs.tasks import build_worker
+    runtime = WorkerRuntime(settings)
 
-    try:
-        build_worker(settings).run()
-    except (OSError, RedisError) as exc:
-        print(f"vision-api worker: cannot reach Redis: {exc}", file=sys.stderr)
-        return 1
+    async def main() -> None:
+        try:
+            await supervise(runtime, handle_signals=True)
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())
     return 0
