@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from conftest_jobs import (  # noqa: E402
     REDIS_URL,
     WORKER_READY,
     Process,
+    free_port,
     new_prefix,
     remove_prefix,
     serve_app,
@@ -196,3 +200,61 @@ async def test_a_worker_stopped_mid_job_does_not_lose_it(
         first.stop(signal.SIGKILL)
         if second is not None:
             second.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[], subprocess.Popen[bytes]]]]:
+    """A Redis of this test's own, which it may stop and start again: its URL, its starter."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("needs the redis-server executable")
+    port = free_port()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        started.append(server)
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return server
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    yield f"redis://127.0.0.1:{port}/0", start
+    for server in started:
+        server.terminate()
+        server.wait()
+
+
+async def test_a_worker_outlives_a_redis_restart(
+    jobs_config: Path, tmp_path: Path,
+    private_redis: tuple[str, Callable[[], subprocess.Popen[bytes]]],
+) -> None:
+    url, start_redis = private_redis
+    server = start_redis()
+    worker = start_worker(jobs_config, {"VISION_API_REDIS_URL": url}, tmp_path / "worker.log")
+    try:
+        await asyncio.to_thread(worker.wait_for_line, WORKER_READY)
+        async with serve_app(settings_for(jobs_config, redis_url=url)) as client:
+            before = (await client.post("/jobs/submit/dinov3", json=BODY)).json()["job_id"]
+            assert (await wait_for(client, before))["status"] == "completed"
+
+            server.terminate()
+            await asyncio.to_thread(server.wait)
+            assert (await client.get(f"/jobs/{before}")).status_code == 503
+            assert (await client.get("/health")).json()["jobs"]["ok"] is False
+            await asyncio.sleep(1.5)  # the worker polls every 0.5 s: it notices
+
+            start_redis()  # empty: what was in it is gone
+            assert (await client.get("/health")).json()["jobs"]["ok"] is True
+            after = (await client.post("/jobs/submit/dinov3", json=BODY)).json()["job_id"]
+            assert (await wait_for(client, after, timeout_s=60))["status"] == "completed"
+        assert worker.proc.poll() is None and "lost Redis" in worker.text()
+    finally:
+        assert worker.stop() == 0
