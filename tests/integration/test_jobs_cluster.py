@@ -195,7 +195,7 @@ async def test_a_worker_stopped_mid_job_does_not_lose_it(
             assert "try=2" in second.text() and _ran(second, job_id) == 1
             if sig == signal.SIGKILL:
                 assert seen[:2] == ["running", "pending"] and waited_s > timeout_s + 5
-            assert seen[-2:] == ["running", "completed"], seen
+            assert seen[-1] == "completed", seen  # (its second run may be too quick to see)
     finally:
         first.stop(signal.SIGKILL)
         if second is not None:
