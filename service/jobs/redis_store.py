@@ -32,6 +32,7 @@ from arq.constants import (
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
+    retry_key_prefix,
 )
 from arq.jobs import deserialize_result, serialize_job
 from redis.asyncio import Redis
@@ -179,7 +180,8 @@ class RedisJobStore:
             tr.exists(self.key(job_id))
             tr.exists(in_progress_key_prefix + job_id)
             tr.zrem(self.queue, job_id)
-            tr.delete(self.key(job_id), job_key_prefix + job_id)
+            tr.delete(self.key(job_id), job_key_prefix + job_id, result_key_prefix + job_id,
+                      retry_key_prefix + job_id)
             tr.zrem(self.index, job_id)
             existed, in_progress, *_ = await tr.execute()
         if in_progress:
