@@ -9,7 +9,6 @@ local blocks see the patch grid, global blocks see every patch at one shared pos
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.families.da3.blocks import Block, RopeTable, rope_table
@@ -17,6 +16,43 @@ from engines.families.da3.config import Da3Config
 
 # The output of one selected block: (patch features [B, P, C'], camera token [B, C']).
 LayerOutput = tuple[Tensor, Tensor]
+Size = int | Tensor  # a spatial size: a plain int, or a traced size under ONNX export
+
+CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic kernel parameter
+
+
+def _cubic_weights(t: Tensor) -> Tensor:
+    """PyTorch's bicubic weights of the four taps around fractional offsets ``t``: [..., 4]."""
+    a = CUBIC_A
+
+    def near(x: Tensor) -> Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return torch.stack((far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)), dim=-1)
+
+
+def bicubic_matrix(
+    size_out: Size, size_in: int, inverse_scale: float | Tensor, device: torch.device
+) -> Tensor:
+    """[size_out, size_in] weights of ``F.interpolate(mode="bicubic", scale_factor=s)``.
+
+    Equal to PyTorch's kernel (align_corners False, source = (dst + 0.5) / s - 0.5 in
+    float32, taps clamped at the borders) up to float32 summation order, but written with
+    tensor arithmetic only, so that ``size_out`` and ``1 / s`` may be traced sizes: the
+    interpolated position embedding then follows the input size of an exported graph.
+    """
+    source = (torch.arange(size_out, dtype=torch.float32, device=device) + 0.5) * inverse_scale
+    source = source - 0.5
+    first = torch.floor(source)
+    weights = _cubic_weights(source - first)
+    offsets = torch.arange(-1, 3, device=device)
+    taps = (first.long()[:, None] + offsets[None]).clamp(0, size_in - 1)
+    one_hot = (taps[..., None] == torch.arange(size_in, device=device)[None, None])
+    one_hot = one_hot.to(weights.dtype)
+    return (weights[..., None] * one_hot).sum(dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -60,32 +96,35 @@ class VisionTransformer(nn.Module):
         # nn.LayerNorm's default eps (1e-5), unlike the blocks' 1e-6: as in the reference.
         self.norm = nn.LayerNorm(dim)
 
-    def _position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+    def _position_embedding(self, grid_h: Size, grid_w: Size) -> Tensor:
         """Resize the learned position embedding bicubically to the patch grid.
 
         Resizing uses a scale factor of (grid + 0.1) / trained_grid, as DINOv2 does, and leaves
-        the embedding as it is at the trained size.
+        the embedding as it is at the trained size (when tracing for export it always
+        resizes: a graph exported from a DA3 input, at most 36 patches a side, never sees 37).
         """
-        if grid_h == grid_w == self.pos_grid:
+        if not torch.jit.is_tracing() and grid_h == grid_w == self.pos_grid:
             return self.pos_embed
         dim = self.pos_embed.shape[-1]
         table = self.pos_embed.float()
-        patches = table[:, 1:].reshape(1, self.pos_grid, self.pos_grid, dim).permute(0, 3, 1, 2)
-        patches = F.interpolate(
-            patches,
-            scale_factor=((grid_h + 0.1) / self.pos_grid, (grid_w + 0.1) / self.pos_grid),
-            mode="bicubic",
-        )
-        patches = patches.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
+        patches = table[0, 1:].reshape(self.pos_grid, self.pos_grid, dim).permute(2, 0, 1)
+        device = table.device
+        rows = bicubic_matrix(grid_h, self.pos_grid, self.pos_grid / (grid_h + 0.1), device)
+        cols = bicubic_matrix(grid_w, self.pos_grid, self.pos_grid / (grid_w + 0.1), device)
+        # Along rows of the table first, then columns, as PyTorch's kernel sums.
+        patches = rows @ (patches @ cols.transpose(0, 1))  # [dim, grid_h, grid_w]
+        patches = patches.permute(1, 2, 0).reshape(1, -1, dim)
         return torch.cat((table[:, :1], patches), dim=1).to(self.pos_embed.dtype)
 
-    def _rope_tables(self, grid_h: int, grid_w: int, x: Tensor) -> tuple[RopeTable, RopeTable]:
+    def _rope_tables(self, grid_h: Size, grid_w: Size, x: Tensor) -> tuple[RopeTable, RopeTable]:
         """RoPE tables for local blocks (patch grid) and global blocks (one shared position).
 
         The special token 0 sits at position (0, 0); patches start at (1, 1).
         """
-        rows = torch.arange(grid_h, device=x.device).repeat_interleave(grid_w) + 1
-        cols = torch.arange(grid_w, device=x.device).repeat(grid_h) + 1
+        row_index = torch.arange(grid_h, device=x.device)[:, None]
+        col_index = torch.arange(grid_w, device=x.device)[None, :]
+        rows = (row_index + torch.zeros_like(col_index)).reshape(-1) + 1
+        cols = (col_index + torch.zeros_like(row_index)).reshape(-1) + 1
         zero = torch.zeros(1, dtype=rows.dtype, device=x.device)
         shared = torch.ones_like(rows)
         head_dim = self.config.embed_dim // self.config.num_heads
@@ -112,9 +151,9 @@ class VisionTransformer(nn.Module):
         """
         cfg = self.config
         batch = pixels.shape[0]
-        # Plain ints: under tracing the grid becomes a constant (export with a fixed H x W).
-        grid_h = int(pixels.shape[-2]) // self.patch_size
-        grid_w = int(pixels.shape[-1]) // self.patch_size
+        # Plain ints eagerly; traced sizes under ONNX export, so H and W stay dynamic.
+        grid_h = pixels.shape[-2] // self.patch_size
+        grid_w = pixels.shape[-1] // self.patch_size
         x = self.patch_embed(pixels)
         x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
         x = x + self._position_embedding(grid_h, grid_w)

@@ -73,12 +73,14 @@ def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
-def pose_to_cameras(pose: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def pose_to_cameras(
+    pose: Tensor, height: int | Tensor, width: int | Tensor
+) -> tuple[Tensor, Tensor]:
     """Turn pose encodings into cameras of a ``height`` x ``width`` image.
 
     Args:
         pose: [B, 9] pose encodings (camera-to-world translation, quaternion xyzw, fov_h, fov_w).
-        height: Network input height in pixels.
+        height: Network input height in pixels (an int, or a traced size under export).
         width: Network input width in pixels.
 
     Returns:
@@ -94,6 +96,6 @@ def pose_to_cameras(pose: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     fy = (height / 2.0) / torch.clamp(torch.tan(pose[:, 7] / 2.0), 1e-6)
     fx = (width / 2.0) / torch.clamp(torch.tan(pose[:, 8] / 2.0), 1e-6)
     zero, one = torch.zeros_like(fx), torch.ones_like(fx)
-    cx, cy = torch.full_like(fx, width / 2), torch.full_like(fx, height / 2)
+    cx, cy = one * (width / 2), one * (height / 2)  # not full_like: traced sizes stay dynamic
     intrinsics = torch.stack((fx, zero, cx, zero, fy, cy, zero, zero, one), dim=-1)
     return extrinsics, intrinsics.unflatten(-1, (3, 3))

@@ -17,16 +17,30 @@ from torch import Tensor, nn
 HEAD_HIDDEN = 32  # width of the last 3x3 convolution before each output
 
 
-def _size(x: Tensor) -> tuple[int, int]:
-    """Height and width as plain ints (constants when traced: export at a fixed size)."""
-    return int(x.shape[-2]), int(x.shape[-1])
+Size = int | Tensor  # a spatial size: a plain int, or a traced size under ONNX export
 
 
-def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+def _size(x: Tensor) -> tuple[Size, Size]:
+    """Height and width: plain ints eagerly, traced sizes under export (so they stay dynamic)."""
+    return x.shape[-2], x.shape[-1]
+
+
+def _upsample(x: Tensor, size: tuple[Size, Size]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
-def uv_embedding(height: int, width: int, channels: int, aspect: float, like: Tensor) -> Tensor:
+def _centred_grid(steps: Size, half_span: float | Tensor, like: Tensor) -> Tensor:
+    """``torch.linspace(-s·(n-1)/n, s·(n-1)/n, n)`` in float32, cast to ``like``'s dtype.
+
+    Written as arithmetic on ``arange`` so that ``n`` may be a traced size.
+    """
+    index = torch.arange(steps, dtype=torch.float32, device=like.device)
+    return (half_span * (2.0 * index + 1.0 - steps) / steps).to(like.dtype)
+
+
+def uv_embedding(
+    height: Size, width: Size, channels: int, aspect: float | Tensor, like: Tensor
+) -> Tensor:
     """Sinusoidal embedding of a centred UV grid, as a [channels, height, width] tensor.
 
     The grid spans ±aspect/diag horizontally and ±1/diag vertically (diag = hypot(aspect, 1)),
@@ -41,21 +55,8 @@ def uv_embedding(height: int, width: int, channels: int, aspect: float, like: Te
 
     """
     diag = (aspect**2 + 1.0) ** 0.5
-    span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(
-        -span_x * (width - 1) / width,
-        span_x * (width - 1) / width,
-        steps=width,
-        dtype=like.dtype,
-        device=like.device,
-    )
-    ys = torch.linspace(
-        -span_y * (height - 1) / height,
-        span_y * (height - 1) / height,
-        steps=height,
-        dtype=like.dtype,
-        device=like.device,
-    )
+    xs = _centred_grid(width, aspect / diag, like)
+    ys = _centred_grid(height, 1.0 / diag, like)
     grid_u, grid_v = torch.meshgrid(xs, ys, indexing="xy")
     quarter = channels // 4
     omega = torch.arange(quarter, dtype=torch.float32, device=like.device) / (channels / 4.0)
@@ -164,14 +165,14 @@ class DptHead(nn.Module):
         )
         self.scratch = Scratch(out_channels, features, main_channels, sky_head)
 
-    def _add_uv(self, x: Tensor, aspect: float) -> Tensor:
+    def _add_uv(self, x: Tensor, aspect: float | Tensor) -> Tensor:
         if not self.uses_uv_embedding:
             return x
         embedding = uv_embedding(*_size(x), x.shape[1], aspect, x)
         return x + (0.1 * embedding).to(x.dtype)
 
     def _pyramid(
-        self, features: Sequence[Tensor], grid: tuple[int, int], aspect: float
+        self, features: Sequence[Tensor], grid: tuple[Size, Size], aspect: float | Tensor
     ) -> list[Tensor]:
         """Token maps → the four lateral feature maps (strides x4, x2, x1, /2 of the grid)."""
         maps = []
@@ -185,7 +186,7 @@ class DptHead(nn.Module):
         laterals = (s.layer1_rn, s.layer2_rn, s.layer3_rn, s.layer4_rn)
         return [conv(x) for conv, x in zip(laterals, maps, strict=True)]
 
-    def _decode(self, features: Sequence[Tensor], height: int, width: int) -> Tensor:
+    def _decode(self, features: Sequence[Tensor], height: Size, width: Size) -> Tensor:
         """Tokens → the shared full-resolution neck (before the output convolutions)."""
         grid = (height // self.patch_size, width // self.patch_size)
         aspect = width / height
@@ -200,7 +201,7 @@ class DptHead(nn.Module):
         return self._add_uv(out, aspect)
 
     def forward(
-        self, features: Sequence[Tensor], height: int, width: int
+        self, features: Sequence[Tensor], height: Size, width: Size
     ) -> tuple[Tensor, Tensor | None]:
         """Predict ``(depth [B, H, W], sky [B, H, W] or None)``.
 
@@ -261,7 +262,7 @@ class DualDptHead(DptHead):
         )
 
     def forward(
-        self, features: Sequence[Tensor], height: int, width: int
+        self, features: Sequence[Tensor], height: Size, width: Size
     ) -> tuple[Tensor, Tensor | None]:
         """Predict ``(depth [B, H, W], confidence [B, H, W])``; see :meth:`DptHead.forward`."""
         logits = self.scratch.output_conv2(self._decode(features, height, width))

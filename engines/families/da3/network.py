@@ -89,7 +89,8 @@ class Da3Network(nn.Module):
             A :class:`Da3Output`.
 
         """
-        height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+        # Plain ints eagerly; traced sizes under ONNX export, so H and W stay dynamic.
+        height, width = pixel_values.shape[-2], pixel_values.shape[-1]
         pixel_values = pixel_values.to(self.backbone.pretrained.pos_embed.dtype)
         outputs = self.backbone(pixel_values)
         features = [patches for patches, _ in outputs]
