@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.base import Family, LoadRequest, OnnxGraph, Pipeline, Prepared, VariantSpec
 from engines.checkpoints import resolve_checkpoint
 from engines.families.grounding_dino_detections import detections
 from engines.families.grounding_dino_images import (
@@ -163,7 +163,10 @@ class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
             options.box_threshold,
             options.text_threshold,
         )
-        return {"width": prepared.width, "height": prepared.height, "detections": found}
+        result = {"width": prepared.width, "height": prepared.height, "detections": found}
+        if getattr(options, "keep_raw", False):  # export parity only: the queries themselves
+            result["raw"] = raw
+        return result
 
     def warmup(self) -> None:
         """One forward on a blank image."""
@@ -176,6 +179,19 @@ class _WarmupOptions:
     prompts: list[str] = field(default_factory=lambda: ["object"])
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    keep_raw: bool = False
+
+
+# Export parity: low thresholds (random weights), and the raw queries kept in the results.
+PARITY_OPTIONS = _WarmupOptions(
+    prompts=["a cat", "a person", "rocket"], box_threshold=0.5, text_threshold=0.25, keep_raw=True
+)
+# Two runs' queries (or detections of one prompt) are taken for the same one when their boxes
+# differ by at most this fraction of the image: looser than the gates, so that a real drift
+# shows in the figures, tighter than the distance between different queries.
+SAME_QUERY = 1e-2
+# How many ranks a query may move when near-equal encoder scores swap in the top-k selection.
+RANK_WINDOW = 8
 
 
 class GroundingDinoFamily(Family):
@@ -235,6 +251,127 @@ class GroundingDinoFamily(Family):
             pad_batches=request.device.startswith("cuda"),
             checkpoint_dir=path,
         )
+
+    # -- ONNX ------------------------------------------------------------------------------
+    # The top-k query selection flips between runtimes on tiny float differences (two
+    # near-equal encoder scores), so the gates read continuous figures on queries and
+    # detections matched between the runs, plus the fraction that could be matched.
+    parity_gates = {
+        "query_probs_max_abs_diff": ("<=", 1e-4),
+        "query_boxes_max_abs_diff": ("<=", 1e-3),
+        "queries_matched_fraction": (">=", 0.98),
+        "scores_max_abs_diff": ("<=", 1e-4),
+        "boxes_max_abs_diff_rel": ("<=", 1e-3),
+        "detections_matched_fraction": (">=", 0.9),
+    }
+
+    def load_onnx(self, request: LoadRequest, core: Any) -> GroundingDinoPipeline:
+        """The pipeline around the exported ``model`` graph; batching as on torch."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = resolve_checkpoint(
+            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.txt"]
+        )
+        return GroundingDinoPipeline(
+            core,
+            load_preprocessing(path),
+            AutoTokenizer.from_pretrained(path),
+            int(AutoConfig.from_pretrained(path).max_text_len),
+            pad_batches=request.device.startswith("cuda"),
+            checkpoint_dir=path,
+        )
+
+    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
+        """The whole model as one graph, dynamic in batch, height, width and text length.
+
+        The backbone is not split off: it is ~14 % of the time and sees only pixels, so a
+        separate graph would buy nothing but an extra copy of its features. The example is a
+        padded batch of a landscape and a portrait image at the checkpoint's sizes (small
+        sizes would make Swin shrink its windows, and the trace keep that). The trace runs
+        inside :mod:`export.patches` (the text mask without ``isin``/``cummax``, Swin padding
+        and cropping for every size, the deformable attention's sizes from the traced shapes).
+        """
+        from export.patches import patched
+
+        assert isinstance(pipeline, GroundingDinoPipeline)
+        core = pipeline.core
+        core.graphs["model"] = patched(core.graphs["model"])  # type: ignore[attr-defined]
+        rng = np.random.default_rng(0)
+        images = [
+            rng.standard_normal((3, *pipeline.preprocessing.output_size(w, h)), np.float32)
+            for w, h in ((640, 480), (480, 640))
+        ]
+        pixel_values, pixel_mask = pad_batch(images)
+        caption = pipeline.caption(PARITY_OPTIONS.prompts)
+        text = ("input_ids", "token_type_ids", "attention_mask")
+        return [
+            OnnxGraph(
+                name="model",
+                inputs={"pixel_values": pixel_values, "pixel_mask": pixel_mask,
+                        **caption.arrays(2)},
+                outputs=["logits", "pred_boxes"],
+                dynamic_axes={
+                    "pixel_values": {0: "batch", 2: "height", 3: "width"},
+                    "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+                    **{name: {0: "batch", 1: "text"} for name in text},
+                    "logits": {0: "batch", 2: "text"},
+                    "pred_boxes": {0: "batch"},
+                },
+            )
+        ]
+
+    def parity_options(self) -> list[Any]:
+        """Three prompts, low thresholds, raw queries kept."""
+        return [PARITY_OPTIONS]
+
+    def parity_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Queries and detections of two runs, matched, then compared.
+
+        Queries: the i-th of one run is paired with the i-th of the other, or with the nearest
+        box within :data:`RANK_WINDOW` ranks when the top-k selection shifted them; paired
+        boxes must lie within :data:`SAME_QUERY`. Their probabilities (sigmoid of the finite
+        logits) and boxes (cxcywh, fractions of the image) are compared. Detections: paired
+        greedily by prompt and nearest box (same limit); score and box (pixels over the
+        image's longer side) differences. ``logits_max_abs_diff`` (logits grow large) and
+        ``detections_per_run`` (the most detections one run compared) are informative.
+        """
+        probs, logits, qboxes, scores, boxes = [0.0], [0.0], [0.0], [0.0], [0.0]
+        queries = queries_total = found = found_total = 0
+        for ref, cand in zip(reference, candidate, strict=True):
+            if "raw" in ref and "raw" in cand:
+                pairs, total = _pair_queries(ref["raw"], cand["raw"])
+                queries += len(pairs)
+                queries_total += total
+                for i, j in pairs:
+                    a, b = ref["raw"]["logits"][i], cand["raw"]["logits"][j]
+                    finite = np.isfinite(a)
+                    if not np.array_equal(finite, np.isfinite(b)):
+                        logits.append(float("inf"))
+                        probs.append(float("inf"))
+                        continue
+                    logits.append(_max_abs(a[finite], b[finite]))
+                    probs.append(_max_abs(_sigmoid(a[finite]), _sigmoid(b[finite])))
+                    qboxes.append(_max_abs(ref["raw"]["pred_boxes"][i],
+                                           cand["raw"]["pred_boxes"][j]))
+            side = float(max(ref["width"], ref["height"]))
+            pairs_d = _pair_detections(ref["detections"], cand["detections"], side)
+            found += len(pairs_d)
+            found_total += max(len(ref["detections"]), len(cand["detections"]))
+            for a, b in pairs_d:
+                scores.append(abs(a["score"] - b["score"]))
+                boxes.append(_max_abs(np.asarray(a["box"]), np.asarray(b["box"])) / side)
+        return {
+            "query_probs_max_abs_diff": max(probs),
+            "query_boxes_max_abs_diff": max(qboxes),
+            "queries_matched_fraction": queries / queries_total if queries_total else 1.0,
+            "logits_max_abs_diff": max(logits),
+            "scores_max_abs_diff": max(scores),
+            "boxes_max_abs_diff_rel": max(boxes),
+            "detections_matched_fraction": found / found_total if found_total else 1.0,
+            "detections_per_run": float(found_total),
+        }
 
     def write_tiny(self, directory: Path) -> dict[str, str]:
         """A tiny random GroundingDINO with a BERT-style tokenizer, in the released layout."""
@@ -315,6 +452,64 @@ def write_tiny_checkpoint(target: Path, *, mm: bool = False, seed: int = 0) -> P
     }
     (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return target
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(diff.max(initial=0.0))
+
+
+def _query_distance(
+    ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], i: int, j: int
+) -> float:
+    """How far query ``j`` of ``cand`` is from query ``i`` of ``ref``: their boxes differ by."""
+    return _max_abs(ref["pred_boxes"][i], cand["pred_boxes"][j])
+
+
+def _pair_queries(
+    ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]
+) -> tuple[list[tuple[int, int]], int]:
+    """Pairs (i, j) of the same query in two runs, and how many queries there were."""
+    count = len(ref["pred_boxes"])
+    free = set(range(len(cand["pred_boxes"])))
+    pairs = []
+    for i in range(count):
+        if i in free and _query_distance(ref, cand, i, i) <= SAME_QUERY:
+            free.discard(i)
+            pairs.append((i, i))
+            continue
+        window = [j for j in free if abs(j - i) <= RANK_WINDOW]
+        if not window:
+            continue
+        j = min(window, key=lambda k: _query_distance(ref, cand, i, k))
+        if _query_distance(ref, cand, i, j) <= SAME_QUERY:
+            free.discard(j)
+            pairs.append((i, j))
+    return pairs, max(count, len(cand["pred_boxes"]))
+
+
+def _pair_detections(
+    ref: list[dict[str, Any]], cand: list[dict[str, Any]], side: float
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Greedy pairs of the same detection (same prompt, nearest box) in two runs."""
+    free = list(range(len(cand)))
+    pairs = []
+    for a in ref:
+        options = [
+            (_max_abs(np.asarray(a["box"]), np.asarray(cand[j]["box"])) / side, j)
+            for j in free
+            if cand[j]["prompt_index"] == a["prompt_index"]
+        ]
+        if options:
+            distance, j = min(options)
+            if distance <= SAME_QUERY:
+                free.remove(j)
+                pairs.append((a, cand[j]))
+    return pairs
 
 
 def _tiny_vocab() -> dict[str, int]:

@@ -1,0 +1,233 @@
+"""Exporter patches: ONNX-friendly stand-ins for code the legacy exporter cannot trace.
+
+Each patch computes exactly what the code it replaces computes (tests compare them on random
+inputs); it only uses operators the legacy TorchScript exporter and ONNX Runtime's CPU provider
+support. Patches are applied with :func:`export_patches` for the duration of one traced call,
+never while serving: :func:`patched` wraps a core graph function so that the exporter's trace
+of it runs inside the patches and everything else (the parity reference, the torch fallback)
+runs the model's own code.
+
+GroundingDINO: ``generate_masks_with_special_tokens_and_transfer_map`` (the text self-attention
+mask and position ids between ``[CLS]``/``[SEP]``/``.``/``?`` delimiters) uses ``torch.isin``,
+``torch.cummax`` / ``torch.cummin`` (none of which the legacy exporter knows) and a boolean
+``torch.eye`` (exported as a boolean ``EyeLike``, which ONNX Runtime does not implement). The
+stand-in computes the same integers with comparisons, ``where`` and min/max reductions over an
+(N, N) index grid (N = text tokens, at most 256).
+
+GroundingDINO's Swin backbone (transformers' ``modeling_swin``) decides in Python, from the
+traced input's size, whether to pad to a multiple of the patch size, of 2 (patch merging) or of
+the window size, and whether to crop the padding off again; a trace keeps only the branch the
+example took, so another size would be padded wrongly or not cropped. The stand-ins always pad
+by ``(m - size % m) % m`` (zero when already a multiple) and always crop (a no-op without
+padding): the same numbers for every size, with the sizes kept symbolic.
+
+The deformable attention reads the feature maps' sizes from ``spatial_shapes``, a tensor the
+model builds with ``torch.as_tensor`` from Python sizes, which a trace records as a constant;
+the wrapper rebuilds it from the (traced) ``spatial_shapes_list`` so it follows the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+_GROUNDING_DINO_MODULES = (
+    "transformers.models.grounding_dino.modeling_grounding_dino",
+    "transformers.models.mm_grounding_dino.modeling_mm_grounding_dino",
+)
+
+
+def special_token_masks(
+    input_ids: torch.Tensor, special_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroundingDINO's text self-attention mask and position ids, in exportable operators.
+
+    Same contract and results as transformers'
+    ``generate_masks_with_special_tokens_and_transfer_map``: tokens attend to the tokens of
+    their own delimiter-closed phrase (and themselves); positions restart after each delimiter.
+
+    Args:
+        input_ids: (B, N) token ids.
+        special_tokens: (S,) delimiter ids.
+
+    Returns:
+        ``attention_mask`` (B, N, N) bool and ``position_ids`` (B, N) int64.
+    """
+    batch_size, seq_len = input_ids.shape
+    device = input_ids.device
+    # isin(input_ids, special_tokens) as a broadcast comparison.
+    special = (input_ids.unsqueeze(-1) == special_tokens.to(input_ids.dtype)).any(-1)  # (B, N)
+    index = torch.arange(seq_len, device=device)
+    row, col = index.view(-1, 1), index.view(1, -1)  # row i (the token), col j (a candidate)
+    special_j = special.unsqueeze(1)  # (B, 1, N)
+    # prev_special[i] = the last delimiter strictly before i, or -1 (cummax of
+    # where(special, index, -1), shifted right by one).
+    none_before = torch.full((), -1, dtype=torch.long, device=device)
+    prev_special = torch.where(special_j & (col < row), col, none_before).amax(-1)
+    # next_special[i] = the first delimiter at or after i, or seq_len (reversed cummin).
+    none_after = torch.full((), seq_len, dtype=torch.long, device=device)
+    next_special = torch.where(special_j & (col >= row), col, none_after).amin(-1)
+
+    valid_block = (next_special != 0) & (next_special != seq_len - 1) & (next_special != seq_len)
+    same_block = next_special.unsqueeze(2) == next_special.unsqueeze(1)
+    attention_mask = same_block & valid_block.unsqueeze(1)
+    identity = (row == col).unsqueeze(0).expand(batch_size, -1, -1)  # eye without EyeLike(bool)
+    attention_mask = identity | attention_mask
+
+    indices = index.unsqueeze(0).expand(batch_size, -1)
+    position_ids = indices - prev_special - 1
+    position_ids = torch.where(valid_block, position_ids, torch.zeros_like(position_ids))
+    position_ids = torch.clamp(position_ids, min=0).to(torch.long)
+    return attention_mask, position_ids
+
+
+def _patch_embeddings_maybe_pad(
+    self: Any, pixel_values: torch.Tensor, height: Any, width: Any
+) -> torch.Tensor:
+    """``SwinPatchEmbeddings.maybe_pad`` without the branch: pad to a multiple of the patch."""
+    patch_h, patch_w = self.patch_size
+    pad_w = (patch_w - width % patch_w) % patch_w
+    pad_h = (patch_h - height % patch_h) % patch_h
+    return torch.nn.functional.pad(pixel_values, (0, pad_w, 0, pad_h))
+
+
+def _patch_merging_maybe_pad(
+    self: Any, input_feature: torch.Tensor, height: Any, width: Any
+) -> torch.Tensor:
+    """``SwinPatchMerging.maybe_pad`` without the branch: pad odd sizes by one."""
+    return torch.nn.functional.pad(input_feature, (0, 0, 0, width % 2, 0, height % 2))
+
+
+def _swin_layer_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    input_dimensions: tuple[Any, Any],
+    always_partition: bool = False,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """``SwinLayer.forward`` (transformers 5) cropping the window padding unconditionally."""
+    from transformers.models.swin.modeling_swin import window_partition, window_reverse
+
+    if not always_partition:
+        self.set_shift_and_window_size(input_dimensions)
+    height, width = input_dimensions
+    batch_size, _, channels = hidden_states.size()
+    shortcut = hidden_states
+
+    hidden_states = self.layernorm_before(hidden_states)
+    hidden_states = hidden_states.view(batch_size, height, width, channels)
+    hidden_states, _ = self.maybe_pad(hidden_states, height, width)
+    _, height_pad, width_pad, _ = hidden_states.shape
+
+    windows = window_partition(self.cyclic_shift(hidden_states), self.window_size)
+    windows = windows.view(-1, self.window_size * self.window_size, channels)
+    attn_mask = self.get_attn_mask(height_pad, width_pad, dtype=hidden_states.dtype,
+                                   device=windows.device)
+    attention_output, attn_weights = self.attention(windows, attn_mask, **kwargs)
+    attention_output = self.dropout(attention_output)
+
+    attention_windows = attention_output.view(-1, self.window_size, self.window_size, channels)
+    attention_windows = self.cyclic_shift(
+        window_reverse(attention_windows, self.window_size, height_pad, width_pad), reverse=True
+    )
+    # The original crops only `if pad_values[3] > 0 or pad_values[5] > 0`.
+    attention_windows = attention_windows[:, :height, :width, :].contiguous()
+
+    attention_windows = attention_windows.view(batch_size, height * width, channels)
+    hidden_states = shortcut + self.drop_path(attention_windows)
+
+    residual = hidden_states
+    hidden_states = self.layernorm_after(hidden_states)
+    hidden_states = self.mlp(hidden_states)
+    hidden_states = self.dropout(hidden_states) + residual
+    return hidden_states, attn_weights
+
+
+def _traced_spatial_shapes(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a deformable attention's ``forward`` to rebuild ``spatial_shapes`` from the list."""
+
+    @functools.wraps(forward)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        shapes = kwargs.get("spatial_shapes_list")
+        if shapes is not None and kwargs.get("spatial_shapes") is not None:
+            kwargs["spatial_shapes"] = torch.stack(
+                [torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in shapes]
+            ).to(device=kwargs["spatial_shapes"].device, dtype=torch.long)
+        return forward(self, *args, **kwargs)
+
+    return run
+
+
+def _replacements() -> dict[str, dict[str, Any]]:
+    """Per module, attribute (``Class.method`` for methods) → replacement."""
+    replacements: dict[str, dict[str, Any]] = {
+        "transformers.models.swin.modeling_swin": {
+            "SwinPatchEmbeddings.maybe_pad": _patch_embeddings_maybe_pad,
+            "SwinPatchMerging.maybe_pad": _patch_merging_maybe_pad,
+            "SwinLayer.forward": _swin_layer_forward,
+        }
+    }
+    for module_name, prefix in zip(_GROUNDING_DINO_MODULES, ("GroundingDino", "MMGroundingDino"),
+                                   strict=True):
+        entry: dict[str, Any] = {
+            "generate_masks_with_special_tokens_and_transfer_map": special_token_masks
+        }
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        attention = getattr(module, f"{prefix}MultiscaleDeformableAttention", None)
+        if attention is not None:
+            entry[f"{prefix}MultiscaleDeformableAttention.forward"] = _traced_spatial_shapes(
+                attention.forward
+            )
+        replacements[module_name] = entry
+    return replacements
+
+
+@contextlib.contextmanager
+def export_patches(
+    replacements: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Iterator[None]:
+    """Swap in the exportable stand-ins for the duration of the block, then restore.
+
+    Modules that cannot be imported (an older transformers without MM-GroundingDINO) and
+    attributes a module does not have are skipped.
+    """
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        for module_name, attributes in (replacements or _replacements()).items():
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            for path, replacement in attributes.items():
+                *owners, attribute = path.split(".")
+                target: Any = module
+                for owner in owners:
+                    target = getattr(target, owner, None)
+                if target is None or attribute not in vars(target):
+                    continue
+                saved.append((target, attribute, vars(target)[attribute]))
+                setattr(target, attribute, replacement)
+        yield
+    finally:
+        for target, attribute, original in reversed(saved):
+            setattr(target, attribute, original)
+
+
+def patched(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run inside :func:`export_patches` (for a graph function the exporter traces)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with export_patches():
+            return fn(*args, **kwargs)
+
+    run.__wrapped_for_export__ = True  # type: ignore[attr-defined]
+    return run

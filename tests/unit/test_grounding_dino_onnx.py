@@ -1,0 +1,203 @@
+"""GroundingDINO exported to ONNX (exporter patches, dynamic sizes) and served through ORT."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engines.artifacts import read_manifest
+from engines.base import LoadRequest, VariantSpec
+from engines.families.grounding_dino import PARITY_OPTIONS, GroundingDinoFamily
+from engines.families.grounding_dino_images import pad_batch
+from engines.onnx_runtime import OrtCore, OrtOptions
+from engines.pool import ModelPool, PoolConfig
+from engines.registry import VariantTable, default_registry
+from export.onnx_export import ExportOptions, export_variant
+from export.parity import default_images
+from export.patches import export_patches, special_token_masks
+from tests.conftest import ASSETS
+
+PHOTOS = ("chelsea.jpg", "camera.png", "astronaut.png", "rocket.jpg")
+
+
+def photo(name: str) -> Image.Image:
+    return Image.open(ASSETS / name).convert("RGB")
+
+
+def within_gates(figures: Mapping[str, float]) -> list[str]:
+    failed = []
+    for metric, (op, limit) in GroundingDinoFamily.parity_gates.items():
+        value = figures[metric]
+        if not (value >= limit if op == ">=" else value <= limit):
+            failed.append(f"{metric}={value} (gate {op} {limit})")
+    return failed
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("grounding-dino")
+    return directory / GroundingDinoFamily().write_tiny(directory)["tiny"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("grounding-dino-artifacts")
+    export_variant(GroundingDinoFamily(), VariantSpec("tiny", str(checkpoint)),
+                   ExportOptions(out=out, images=default_images()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def request_(checkpoint: Path) -> LoadRequest:
+    return LoadRequest(VariantSpec("tiny", str(checkpoint)), "cpu", "float32", 2)
+
+
+def make_pool(checkpoint: Path, artifacts: Path, engine: str = "auto") -> ModelPool:
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(engine=engine, artifacts_dir=artifacts,
+                        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})})
+    return ModelPool(default_registry(), config)
+
+
+# -- the exporter patches compute what they replace ---------------------------------------
+def test_special_token_masks_equal_transformers() -> None:
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        generate_masks_with_special_tokens_and_transfer_map as original,
+    )
+
+    special = torch.tensor([101, 102, 1012, 1029])
+    tokens = torch.tensor([101, 102, 1012, 1029, 7, 8])
+    generator = torch.Generator().manual_seed(0)
+    for case in range(100):
+        batch = int(torch.randint(1, 4, (1,), generator=generator))
+        length = int(torch.randint(1, 30, (1,), generator=generator))
+        ids = tokens[torch.randint(0, len(tokens), (batch, length), generator=generator)]
+        if case % 2:  # the shape captions have: [CLS] ... . ... . [SEP]
+            ids[:, 0], ids[:, -1] = 101, 102
+        expected, got = original(ids, special), special_token_masks(ids, special)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+        assert got[1].dtype == expected[1].dtype
+
+
+def test_patches_are_undone_after_the_block() -> None:
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+    from transformers.models.swin import modeling_swin as swin
+
+    def current() -> tuple[Any, ...]:
+        return (gd.generate_masks_with_special_tokens_and_transfer_map, swin.SwinLayer.forward,
+                swin.SwinPatchMerging.maybe_pad, swin.SwinPatchEmbeddings.maybe_pad,
+                gd.GroundingDinoMultiscaleDeformableAttention.forward)
+
+    before = current()
+    with export_patches():
+        assert gd.generate_masks_with_special_tokens_and_transfer_map is special_token_masks
+        assert all(a is not b for a, b in zip(current(), before, strict=True))
+    assert current() == before
+
+
+@pytest.mark.parametrize("size", [(224, 224), (213, 320), (230, 311), (225, 227)])
+def test_patched_model_equals_the_model_in_eager_mode(
+    request_: LoadRequest, size: tuple[int, int]
+) -> None:
+    pipeline = GroundingDinoFamily().load_torch(request_)
+    rng = np.random.default_rng(sum(size))
+    pixels = rng.standard_normal((1, 3, *size)).astype(np.float32)
+    inputs = {"pixel_values": pixels, "pixel_mask": np.ones((1, *size), np.int64),
+              **pipeline.caption(["a cat", "rocket"]).arrays(1)}
+    expected = pipeline.core.run("model", inputs)
+    with export_patches():
+        got = pipeline.core.run("model", inputs)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+# -- the exported graph --------------------------------------------------------------------
+def test_manifest_axes_and_parity(artifacts: Path) -> None:
+    manifest = read_manifest(artifacts / "grounding-dino" / "tiny" / "fp32")
+    (graph,) = manifest.graphs
+    shapes = {t.name: t.shape for t in graph.inputs + graph.outputs}
+    assert shapes["pixel_values"] == ["batch", 3, "height", "width"]
+    assert shapes["pixel_mask"] == ["batch", "height", "width"]
+    assert shapes["input_ids"] == ["batch", "text"]
+    assert shapes["logits"][0] == "batch" and shapes["logits"][2] == "text"
+    assert not within_gates(manifest.parity), manifest.parity
+    assert manifest.parity["detections_per_run"] > 0
+
+
+@pytest.mark.parametrize(
+    ("sizes", "prompts"),
+    [
+        ([(224, 224)], ["rocket"]),
+        ([(230, 311), (230, 311)], ["a cat", "a person", "coffee cup"]),
+        ([(320, 224), (224, 298), (213, 320)], ["dog"]),  # padded, with a pixel mask
+    ],
+)
+def test_graph_follows_sizes_batches_and_text_it_was_not_traced_with(
+    artifacts: Path, request_: LoadRequest, sizes: list[tuple[int, int]], prompts: list[str]
+) -> None:
+    directory = artifacts / "grounding-dino" / "tiny" / "fp32"
+    core = OrtCore(directory, read_manifest(directory), OrtOptions())
+    pipeline = GroundingDinoFamily().load_torch(request_)
+    rng = np.random.default_rng(len(sizes))
+    pixels, mask = pad_batch([rng.standard_normal((3, *s)).astype(np.float32) for s in sizes])
+    inputs = {"pixel_values": pixels, "pixel_mask": mask,
+              **pipeline.caption(prompts).arrays(len(sizes))}
+    expected, got = pipeline.core.run("model", inputs), core.run("model", inputs)
+    assert got["logits"].shape == expected["logits"].shape
+    finite = np.isfinite(expected["logits"])
+    assert np.array_equal(np.isfinite(got["logits"]), finite)
+    np.testing.assert_allclose(got["logits"][finite], expected["logits"][finite], atol=1e-4)
+    np.testing.assert_allclose(got["pred_boxes"], expected["pred_boxes"], atol=1e-5)
+
+
+@pytest.fixture
+async def torch_results(checkpoint: Path, artifacts: Path) -> AsyncIterator[list[dict[str, Any]]]:
+    pool = make_pool(checkpoint, artifacts, engine="torch")
+    outcome = await pool.infer("grounding-dino", None, [photo(n) for n in PHOTOS], PARITY_OPTIONS)
+    assert outcome.model.engine == "torch"
+    yield outcome.results
+    await pool.close()
+
+
+async def test_served_through_onnx_runtime_matches_torch(
+    checkpoint: Path, artifacts: Path, torch_results: list[dict[str, Any]]
+) -> None:
+    pool = make_pool(checkpoint, artifacts)
+    try:
+        outcome = await pool.infer("grounding-dino", None, [photo(n) for n in PHOTOS],
+                                   PARITY_OPTIONS)
+        model = outcome.model
+        assert model.engine == "onnx" and model.fallback_reason is None
+        assert model.placement == {"model": "onnx"}
+        figures = GroundingDinoFamily().parity_metrics(torch_results, outcome.results)
+        assert not within_gates(figures), figures
+        assert figures["detections_per_run"] > 0
+    finally:
+        await pool.close()
+
+
+def test_parity_metrics_pair_queries_that_swapped_ranks() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20, 6)).astype(np.float32)
+    boxes = rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32)
+    order = np.arange(20)
+    order[[4, 5]] = order[[5, 4]]  # two near-equal encoder scores swapped
+    ref = {"width": 100, "height": 50, "detections": [],
+           "raw": {"logits": logits, "pred_boxes": boxes}}
+    swapped = {"width": 100, "height": 50, "detections": [],
+               "raw": {"logits": logits[order], "pred_boxes": boxes[order]}}
+    figures = GroundingDinoFamily().parity_metrics([ref], [swapped])
+    assert figures["queries_matched_fraction"] == 1.0
+    assert figures["query_probs_max_abs_diff"] == 0.0
+    # A query that left the top-k (replaced by another) is counted as unmatched.
+    other = {"width": 100, "height": 50, "detections": [],
+             "raw": {"logits": logits.copy(), "pred_boxes": boxes.copy()}}
+    other["raw"]["pred_boxes"][19] = [0.5, 0.5, 0.01, 0.01]
+    figures = GroundingDinoFamily().parity_metrics([ref], [other])
+    assert figures["queries_matched_fraction"] == 19 / 20
