@@ -87,6 +87,7 @@ class FamilyRegistry:
 
 def default_registry() -> FamilyRegistry:
     """A registry holding every family this project implements."""
+    from engines.families.depth_anything import DepthAnythingFamily
     from engines.families.dinov3 import Dinov3Family
     from engines.families.grounding_dino import GroundingDinoFamily
     from engines.families.sam3 import Sam3Family
@@ -95,4 +96,5 @@ def default_registry() -> FamilyRegistry:
     registry.register(Dinov3Family())
     registry.register(GroundingDinoFamily())
     registry.register(Sam3Family())
+    registry.register(DepthAnythingFamily())
     return registry
