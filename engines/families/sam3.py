@@ -508,12 +508,17 @@ class Sam3Family(Family):
         tokenizer = PromptTokenizer(
             AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
         )
+        on_cpu = request.device.startswith("cpu")
         return Sam3Pipeline(
             core,
             Preprocessing.load(path),
             tokenizer,
             levels=len(config.vision_config.scale_factors) - 1,
-            warmup_vision=not request.device.startswith("cpu"),
+            # ONNX Runtime's CPU provider materialises every global attention matrix (heads ×
+            # 5184² floats, ~1.7 GB per 1008² image, and as much for its softmax) and its arena
+            # keeps the peak: one image per vision call bounds that at no cost in throughput.
+            images_per_call=1 if on_cpu else IMAGES_PER_CALL,
+            warmup_vision=not on_cpu,
             checkpoint_dir=path,
         )
 
