@@ -16,6 +16,7 @@ from engines.errors import PayloadTooLargeError
 from engines.pool import ModelPool
 from service.images import DecodedImage, ImageDecoder
 from service.schemas.common import ImageInput, InferenceRequest, InferenceResponse
+from service.schemas.depth_anything import DepthAnythingRequest, DepthAnythingResponse
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
 from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
 from service.schemas.sam3 import Sam3Request, Sam3Response
@@ -25,6 +26,7 @@ SCHEMAS: dict[str, tuple[type[InferenceRequest], type[InferenceResponse]]] = {
     "dinov3": (Dinov3Request, Dinov3Response),
     "grounding-dino": (GroundingDinoRequest, GroundingDinoResponse),
     "sam3": (Sam3Request, Sam3Response),
+    "depth-anything": (DepthAnythingRequest, DepthAnythingResponse),
 }
 
 

@@ -7,6 +7,7 @@ from litestar.params import JSONBody
 from litestar import Controller, post
 
 from service.inference import InferenceService
+from service.schemas.depth_anything import DepthAnythingRequest, DepthAnythingResponse
 from service.schemas.dinov3 import Dinov3Request, Dinov3Response
 from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
 from service.schemas.sam3 import Sam3Request, Sam3Response
@@ -36,3 +37,10 @@ class InferenceController(Controller):
     ) -> Sam3Response:
         """Segment every instance of each prompt; each image is encoded once for all prompts."""
         return await inference.run("sam3", data)  # type: ignore[return-value]
+
+    @post("/depth-anything", status_code=200, summary="Depth Anything depth estimation")
+    async def depth_anything(
+        self, data: JSONBody[DepthAnythingRequest], inference: NamedDependency[InferenceService]
+    ) -> DepthAnythingResponse:
+        """Predict a depth map per image, at the image's size (metres for metric variants)."""
+        return await inference.run("depth-anything", data)  # type: ignore[return-value]

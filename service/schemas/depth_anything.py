@@ -1,0 +1,124 @@
+"""``POST /inference/depth-anything``: monocular depth estimation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from service.schemas.common import InferenceRequest, InferenceResponse
+
+
+class DepthAnythingRequest(InferenceRequest, kw_only=True, forbid_unknown_fields=True):
+    """Estimate a depth map for each image.
+
+    Variants: Depth Anything 3 ``small`` (default), ``base``, ``large``, ``giant`` (any-view
+    models: relative depth, confidence, camera intrinsics), ``mono-large`` (relative depth),
+    ``metric-large`` (metres), and Depth Anything V2 ``v2-small``, ``v2-base``, ``v2-large``
+    (relative inverse depth). ``large``, ``giant``, ``v2-base`` and ``v2-large`` are
+    CC BY-NC 4.0 (non-commercial); the others Apache-2.0. ``GET /models/status`` lists them.
+
+    Example: ``{"images": ["<base64>"], "variant": "metric-large", "output_format": "png",
+    "focal_px": 1450.0}``
+    """
+
+    output_format: Annotated[
+        Literal["array", "png"],
+        Meta(
+            description="array: the depth map as height rows of width floats; png: base64 of a "
+            "16-bit grayscale PNG holding round((d - min) / (max - min) * 65535)."
+        ),
+    ] = "array"
+    focal_px: (
+        Annotated[
+            float,
+            Meta(
+                gt=0,
+                description="Focal length of the camera in pixels of the input image (after "
+                "EXIF rotation). Metric variants use it to turn the network output into "
+                "metres; without it a 60° horizontal field of view is assumed. Relative "
+                "variants ignore it.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ConfidenceStats(msgspec.Struct, kw_only=True):
+    """Statistics of the depth confidence map (DA3 any-view).
+
+    Over the network's output pixels. The confidence is exp(x) + 1 >= 1; higher is more
+    confident.
+    """
+
+    mean: float
+    min: float
+    max: float
+
+
+class DepthAnythingResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The depth map of one image, at the input image's size.
+
+    Example (``metric-large``, ``output_format`` png)::
+
+        {"width": 640, "height": 480, "kind": "metric", "units": "m", "relation": "depth",
+         "min": 0.84, "max": 41.2, "depth": "iVBORw0KGgo...", "focal_px": 554.3,
+         "focal_source": "default_fov", "sky_fraction": 0.18}
+
+    Example (``small``, ``output_format`` array)::
+
+        {"width": 3, "height": 2, "kind": "relative", "units": null, "relation": "depth",
+         "min": 0.51, "max": 0.93, "depth": [[0.51, 0.6, 0.72], [0.55, 0.81, 0.93]],
+         "confidence": {"mean": 7.9, "min": 1.02, "max": 31.5},
+         "intrinsics": [[520.1, 0.0, 1.5], [0.0, 518.7, 1.0], [0.0, 0.0, 1.0]]}
+
+    Fields absent for a variant are left out.
+    """
+
+    width: int
+    height: int
+    kind: Annotated[
+        Literal["relative", "metric"],
+        Meta(description="metric: absolute distances in units; relative: correct up to an "
+             "unknown scale (and, for inverse relations, shift)."),
+    ]
+    units: Annotated[Literal["m"] | None, Meta(description="m for metric maps, else null.")]
+    relation: Annotated[
+        Literal["depth", "inverse"],
+        Meta(description="depth: larger is farther (DA3); inverse: the map is relative "
+             "inverse depth, i.e. disparity, larger is nearer (V2)."),
+    ]
+    min: Annotated[float, Meta(description="Smallest value of the map.")]
+    max: Annotated[float, Meta(description="Largest value of the map.")]
+    depth: Annotated[
+        list[list[float]] | str,
+        Meta(description="array: height rows of width floats; png: base64 16-bit grayscale "
+             "PNG, value v maps back to min + v / 65535 * (max - min)."),
+    ]
+    confidence: ConfidenceStats | None = None
+    intrinsics: Annotated[
+        list[list[float]] | None,
+        Meta(description="DA3 any-view: predicted 3x3 camera matrix [[fx, 0, cx], [0, fy, cy], "
+             "[0, 0, 1]] in input-image pixels."),
+    ] = None
+    focal_px: Annotated[
+        float | None,
+        Meta(description="Metric DA3: the focal length used, in input-image pixels."),
+    ] = None
+    focal_source: Annotated[
+        Literal["request", "default_fov"] | None,
+        Meta(description="Metric DA3: focal_px came from the request, or from the default "
+             "60° horizontal field of view."),
+    ] = None
+    sky_fraction: Annotated[
+        float | None,
+        Meta(description="DA3 mono / metric: share of the network's output pixels classified "
+             "as sky (score >= 0.3); they hold the 99th-percentile depth of the rest."),
+    ] = None
+
+
+class DepthAnythingResponse(InferenceResponse, kw_only=True):
+    """One result per input image, in order."""
+
+    results: list[DepthAnythingResult]
