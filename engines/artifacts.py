@@ -119,9 +119,13 @@ def find_artifact(
     except (msgspec.DecodeError, OSError) as exc:
         return None, directory, f"unreadable manifest in {directory}: {exc}"
     if weights is not None and manifest.weights_sha256 != weights:
-        return None, directory, (
-            f"the artifact in {directory} was exported from other weights "
-            f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+        return (
+            None,
+            directory,
+            (
+                f"the artifact in {directory} was exported from other weights "
+                f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+            ),
         )
     missing = [g.file for g in manifest.graphs if not (directory / g.file).exists()]
     if missing:

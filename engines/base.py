@@ -136,8 +136,9 @@ def run_pipeline(
     prepared = [pipeline.prepare(image, options) for image in images]
     raw: list[Any] = [None] * len(prepared)
     for group in batches(prepared, max_batch_size):
-        for index, out in zip(group, pipeline.forward([prepared[i] for i in group], options),
-                              strict=True):
+        for index, out in zip(
+            group, pipeline.forward([prepared[i] for i in group], options), strict=True
+        ):
             raw[index] = out
     return [pipeline.postprocess(r, p, options) for r, p in zip(raw, prepared, strict=True)]
 

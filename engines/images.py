@@ -34,10 +34,12 @@ def resize_normalize(
     tensor = torch.from_numpy(np.ascontiguousarray(pixels))[None]
     if tuple(tensor.shape[-2:]) != tuple(size):
         with torch.inference_mode():
-            tensor = F.interpolate(tensor, size=size, mode=mode, antialias=True, align_corners=False)
+            tensor = F.interpolate(
+                tensor, size=size, mode=mode, antialias=True, align_corners=False
+            )
     out = tensor[0].numpy()
     if mean is not None and std is not None:
-        out = (out - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(
-            std, np.float32
-        )[:, None, None]
+        out = (out - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[
+            :, None, None
+        ]
     return np.ascontiguousarray(out, dtype=np.float32)

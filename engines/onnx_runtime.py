@@ -150,9 +150,11 @@ class OrtCore:
         self._use_binding = "CUDAExecutionProvider" in self.active_providers
 
     def run(self, graph: str, inputs: Mapping[str, Any], *, host: bool = True) -> Arrays:
-        """Run one graph; inputs the graph does not list are ignored (the legacy exporter
-        drops unused inputs), and inputs are cast to the dtypes the graph declares. Outputs
-        are host arrays whatever ``host`` says."""
+        """Run one graph; outputs are host arrays whatever ``host`` says.
+
+        Inputs the graph does not list are ignored (the legacy exporter drops unused inputs),
+        and inputs are cast to the dtypes the graph declares.
+        """
         session = self.sessions[graph]
         types = self._input_types[graph]
         feed = {

@@ -162,8 +162,9 @@ class ModelPool:
                 if current.device == target_device and wanted_engine in ("auto", current.engine):
                     return current
                 await self._release(current)
-            loaded = await self._run(self._cpu, self._load_sync, name, spec, target_device,
-                                     wanted_engine)
+            loaded = await self._run(
+                self._cpu, self._load_sync, name, spec, target_device, wanted_engine
+            )
             self._models[key] = loaded
             return loaded
 
@@ -178,7 +179,9 @@ class ModelPool:
         try:
             pipeline = None
             if engine in ("auto", "onnx"):
-                pipeline, fallback_reason = self._load_onnx(family, request, explicit=engine == "onnx")
+                pipeline, fallback_reason = self._load_onnx(
+                    family, request, explicit=engine == "onnx"
+                )
             if pipeline is None:
                 pipeline = family.load_torch(request)
             # ONNX Runtime reaches its steady speed only after a couple of runs.
@@ -200,11 +203,17 @@ class ModelPool:
                 ) from None
             log.exception("loading %s/%s from %s failed", name, spec.name, spec.source)
             raise InferenceError(
-                f"Could not load {name}/{spec.name} from {spec.source}: "
-                f"{type(exc).__name__}: {exc}"
+                f"Could not load {name}/{spec.name} from {spec.source}: {type(exc).__name__}: {exc}"
             ) from exc
-        log.info("loaded %s/%s on %s (%s, %s) in %.1f s", name, spec.name, device,
-                 pipeline.core.engine, dtype, time.perf_counter() - started)
+        log.info(
+            "loaded %s/%s on %s (%s, %s) in %.1f s",
+            name,
+            spec.name,
+            device,
+            pipeline.core.engine,
+            dtype,
+            time.perf_counter() - started,
+        )
         return LoadedModel(
             model_type=name,
             variant=spec.name,
@@ -243,9 +252,12 @@ class ModelPool:
         if manifest is not None:
             weights = weights_sha256(resolve_checkpoint(spec.source, request.hf_token))
             if manifest.weights_sha256 != weights:
-                manifest, reason = None, (
-                    f"the artifact in {directory} was exported from other weights "
-                    f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+                manifest, reason = (
+                    None,
+                    (
+                        f"the artifact in {directory} was exported from other weights "
+                        f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+                    ),
                 )
         if manifest is None:
             if explicit:
@@ -269,15 +281,20 @@ class ModelPool:
             reason = None
             if missing:
                 torch_core = family.load_torch(request).core
-                core = HybridCore({g: ort_core if g in ort_core.sessions else torch_core
-                                   for g in family.graphs})
+                core = HybridCore(
+                    {g: ort_core if g in ort_core.sessions else torch_core for g in family.graphs}
+                )
                 reason = f"graphs {', '.join(missing)} not in the artifact: they run on torch"
             return family.load_onnx(request, core), reason
         except VisionError:
             raise
         except Exception as exc:
-            log.warning("ONNX Runtime failed for %s/%s, falling back to torch: %s",
-                        family.name, spec.name, exc)
+            log.warning(
+                "ONNX Runtime failed for %s/%s, falling back to torch: %s",
+                family.name,
+                spec.name,
+                exc,
+            )
             return None, f"ONNX Runtime failed: {type(exc).__name__}: {exc}"
 
     async def unload(self, model_type: str, variant: str | None = None) -> list[tuple[str, str]]:

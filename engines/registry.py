@@ -70,7 +70,8 @@ class FamilyRegistry:
         new names are added. ``overrides`` keys may be aliases.
         """
         tables = {
-            f.name: VariantTable(f.default_variant, dict(f.variants)) for f in self._families.values()
+            f.name: VariantTable(f.default_variant, dict(f.variants))
+            for f in self._families.values()
         }
         for model_type, table in (overrides or {}).items():
             name = self.canonical(model_type)

@@ -48,8 +48,11 @@ class TorchCore:
     def run(
         self, graph: str, inputs: Mapping[str, np.ndarray | torch.Tensor], *, host: bool = True
     ) -> dict[str, Any]:
-        """Run ``graph``: numpy (or tensors) in; numpy out, or tensors on the device if not
-        ``host`` (to chain graphs without copying through host memory)."""
+        """Run ``graph``: numpy (or tensors) in, numpy out.
+
+        With ``host=False`` the outputs stay tensors on the device, to chain graphs without
+        copying through host memory.
+        """
         tensors = {name: self._to_device(a) for name, a in inputs.items()}
         with torch.inference_mode():
             outputs = self.graphs[graph](**tensors)

@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", help="model type (dinov3, sam3, grounding-dino, ...)")
     parser.add_argument("--variant", help="variant (default: the model's default)")
     parser.add_argument("--all", action="store_true", help="every family's default variant")
-    parser.add_argument("--out", type=Path, help="artifacts root (default: VISION_API_ARTIFACTS_DIR)")
+    parser.add_argument(
+        "--out", type=Path, help="artifacts root (default: VISION_API_ARTIFACTS_DIR)"
+    )
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--fp16", action="store_true", help="also write an fp16 artifact (GPU)")
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 CPU artifact")
@@ -107,8 +109,13 @@ def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
         reference = family.load_torch(request)
         core = OrtCore(path.parent, manifest, OrtOptions())
         try:
-            parity = check_parity(family, reference, family.load_onnx(request, core), images,
-                                  enforce_gates=manifest.precision == "fp32")
+            parity = check_parity(
+                family,
+                reference,
+                family.load_onnx(request, core),
+                images,
+                enforce_gates=manifest.precision == "fp32",
+            )
             figures = ", ".join(f"{k}={v:.6g}" for k, v in parity.items())
             print(f"{label}: ok ({figures})")
         except ParityError as exc:

@@ -52,29 +52,26 @@ class ExportOptions:
     threads: int = 0
 
 
-class GraphModule:
-    """Wraps a core graph function as an ``nn.Module`` with positional inputs and tuple outputs."""
+def graph_module(
+    owner: Any, fn: Callable[..., Mapping[str, Any]], inputs: list[str], outputs: list[str]
+) -> Any:
+    """An ``nn.Module`` running a core graph function: positional inputs, tuple outputs.
 
-    def __new__(  # type: ignore[no-untyped-def]
-        cls,
-        owner: Any,
-        fn: Callable[..., Mapping[str, Any]],
-        inputs: list[str],
-        outputs: list[str],
-    ):
-        import torch
+    ``owner`` (the module the function closes over) is registered as a submodule so that the
+    tracer sees its weights as parameters rather than constants.
+    """
+    import torch
 
-        class _Module(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                # Registered so the tracer sees the weights as parameters, not constants.
-                self.owner = owner.requires_grad_(False)
+    class GraphModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.owner = owner.requires_grad_(False)
 
-            def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                result = fn(**dict(zip(inputs, args, strict=True)))
-                return tuple(result[name] for name in outputs)
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            result = fn(**dict(zip(inputs, args, strict=True)))
+            return tuple(result[name] for name in outputs)
 
-        return _Module()
+    return GraphModule()
 
 
 def export_variant(
@@ -130,12 +127,13 @@ def export_variant(
         _fresh(target)
         for info in infos:
             convert(directory / info.file, target / info.file)
-        copy = msgspec_replace(manifest, precision=precision, notes=[
-            *notes, f"derived from the fp32 artifact by {convert.__name__.strip('_')}"
-        ])
+        copy = msgspec_replace(
+            manifest,
+            precision=precision,
+            notes=[*notes, f"derived from the fp32 artifact by {convert.__name__.strip('_')}"],
+        )
         # Derived precisions record their drift against torch; only non-finite outputs fail.
-        written.append(_checked(family, request, reference, target, copy, options,
-                                enforce=False))
+        written.append(_checked(family, request, reference, target, copy, options, enforce=False))
     reference.core.close()
     return written
 
@@ -171,8 +169,9 @@ def _checked(
     core = OrtCore(directory, manifest, OrtOptions(intra_op_threads=request.torch_threads))
     onnx_pipeline = family.load_onnx(request, core)
     try:
-        parity = check_parity(family, torch_pipeline, onnx_pipeline, options.images,
-                              enforce_gates=enforce)
+        parity = check_parity(
+            family, torch_pipeline, onnx_pipeline, options.images, enforce_gates=enforce
+        )
     except ParityError:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -190,7 +189,7 @@ def _export_graph(
     core = pipeline.core
     fn = core.graphs[graph.name]  # type: ignore[attr-defined]
     names = list(graph.inputs)
-    module = GraphModule(core.module, fn, names, graph.outputs)  # type: ignore[attr-defined]
+    module = graph_module(core.module, fn, names, graph.outputs)  # type: ignore[attr-defined]
     args = tuple(torch.from_numpy(np.ascontiguousarray(graph.inputs[n])) for n in names)
     path = directory / f"{graph.name}.onnx"
     with torch.no_grad():  # not inference_mode: inference tensors cannot be exported
@@ -222,14 +221,23 @@ def _export_graph(
 
 
 def _optimize(path: Path, graph: OnnxGraph, options: ExportOptions) -> tuple[bool, str]:
-    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU); kept only if outputs
-    stay within 1e-4 of the plain graph on the example inputs."""
+    """Apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU).
+
+    The fused graph replaces the plain one only if its outputs stay within 1e-4 of the plain
+    graph's on the example inputs.
+    """
     import onnxruntime as ort
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
-        optimized = optimize_model(str(path), model_type="vit", num_heads=0, hidden_size=0,
-                                   opt_level=0, only_onnxruntime=False)
+        optimized = optimize_model(
+            str(path),
+            model_type="vit",
+            num_heads=0,
+            hidden_size=0,
+            opt_level=0,
+            only_onnxruntime=False,
+        )
         candidate = path.with_suffix(".opt.onnx")
         optimized.save_model_to_file(str(candidate))
     except Exception as exc:  # the optimiser does not know every graph
@@ -255,8 +263,12 @@ def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Fused contrib ops defeat ONNX shape inference; their outputs are float.
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
 
 
 def _to_fp16(source: Path, target: Path) -> None:
@@ -302,3 +314,6 @@ def msgspec_replace(manifest: Manifest, **changes: Any) -> Manifest:
     import msgspec
 
     return msgspec.structs.replace(manifest, **changes)
+
+
+GraphModule = graph_module  # older name, kept while callers move over

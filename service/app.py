@@ -78,7 +78,9 @@ def build_jobs(settings: Settings, inference: InferenceService) -> JobBackend:
     return create_backend(settings, inference)
 
 
-def create_app(settings: Settings | None = None, registry: FamilyRegistry | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None, registry: FamilyRegistry | None = None
+) -> Litestar:
     """Build the Litestar app for ``settings`` (read from the environment when omitted).
 
     ``registry`` replaces the built-in model families (tests drive HTTP mechanics with it).
@@ -105,7 +107,13 @@ def create_app(settings: Settings | None = None, registry: FamilyRegistry | None
 
     return Litestar(
         route_handlers=[
-            root, health, swagger_ui, redoc, ModelsController, InferenceController, JobsController,
+            root,
+            health,
+            swagger_ui,
+            redoc,
+            ModelsController,
+            InferenceController,
+            JobsController,
         ],
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),

@@ -82,7 +82,9 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _add_worker(commands: argparse._SubParsersAction) -> None:
-    worker = commands.add_parser("worker", help="run an arq job worker (needs VISION_API_REDIS_URL)")
+    worker = commands.add_parser(
+        "worker", help="run an arq job worker (needs VISION_API_REDIS_URL)"
+    )
     worker.add_argument("--config", default=None, help="TOML settings file (same as serve)")
     worker.set_defaults(run=_worker)
 

@@ -35,7 +35,9 @@ STATUS = {
 }
 
 
-def _json(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def _json(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     return Response(
         {"detail": detail, **extra},
         status_code=status,

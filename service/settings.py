@@ -159,7 +159,9 @@ def _parse_env(value: str, kind: Any) -> Any:
 def _group_fields() -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for group_field in msgspec.structs.fields(Settings):
-        if not isinstance(group_field.type, type) or not issubclass(group_field.type, msgspec.Struct):
+        if not isinstance(group_field.type, type) or not issubclass(
+            group_field.type, msgspec.Struct
+        ):
             continue
         groups[group_field.name] = {
             f.name: list if getattr(f.type, "__origin__", None) is list else str

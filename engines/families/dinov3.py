@@ -105,7 +105,10 @@ class Preprocessing:
 
 
 class Dinov3Pipeline(Pipeline[Dinov3Options]):
-    """DINOv3 around a core with one graph ``model``: pixel_values → last_hidden_state, pooler_output."""
+    """DINOv3 around a core with one graph ``model``.
+
+    The graph maps ``pixel_values`` to ``last_hidden_state`` and ``pooler_output``.
+    """
 
     def __init__(
         self,

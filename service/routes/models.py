@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import msgspec
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar import Controller, get, post
 
 from engines.pool import ModelPool
 from service.schemas.models import (
@@ -30,18 +30,24 @@ class ModelsController(Controller):
         return msgspec.convert({"models": pool.status()}, ModelStatusList)
 
     @post("/load", status_code=200, summary="Load a variant")
-    async def load(self, data: JSONBody[ModelLoadRequest], pool: NamedDependency[ModelPool]) -> ModelStatus:
+    async def load(
+        self, data: JSONBody[ModelLoadRequest], pool: NamedDependency[ModelPool]
+    ) -> ModelStatus:
         """Load (a no-op when already loaded the same way) and return its status entry."""
-        model = await pool.load(data.model_type, data.variant, device=data.device,
-                                engine=data.engine)
+        model = await pool.load(
+            data.model_type, data.variant, device=data.device, engine=data.engine
+        )
         entry = next(
-            e for e in pool.status()
+            e
+            for e in pool.status()
             if e["model_type"] == model.model_type and e["variant"] == model.variant
         )
         return msgspec.convert(entry, ModelStatus)
 
     @post("/unload", status_code=200, summary="Unload one variant or every variant of a type")
-    async def unload(self, data: JSONBody[ModelUnloadRequest], pool: NamedDependency[ModelPool]) -> UnloadResult:
+    async def unload(
+        self, data: JSONBody[ModelUnloadRequest], pool: NamedDependency[ModelPool]
+    ) -> UnloadResult:
         """Unload; what was not loaded is simply not listed."""
         unloaded = await pool.unload(data.model_type, data.variant)
         return UnloadResult(unloaded=[ModelRef(model_type=t, variant=v) for t, v in unloaded])

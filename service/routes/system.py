@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import psutil
-from litestar.di import NamedDependency
 from litestar import MediaType, Request, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from engines.devices import list_gpus
@@ -40,7 +40,9 @@ async def root(pool: NamedDependency[ModelPool]) -> RootInfo:
 
 
 @get("/health", tags=["system"], summary="Liveness, devices, memory, loaded models, jobs")
-async def health(request: Request, pool: NamedDependency[ModelPool], jobs: NamedDependency[JobBackend]) -> Health:
+async def health(
+    request: Request, pool: NamedDependency[ModelPool], jobs: NamedDependency[JobBackend]
+) -> Health:
     """Answers while models compute: nothing here waits for the compute threads."""
     memory = psutil.virtual_memory()
     jobs_ok, jobs_detail = await jobs.health()
@@ -59,8 +61,9 @@ async def health(request: Request, pool: NamedDependency[ModelPool], jobs: Named
             system_available_mb=round(memory.available / 2**20, 1),
         ),
         models_loaded=[
-            LoadedModelInfo(model_type=m.model_type, variant=m.variant, device=m.device,
-                            engine=m.engine)
+            LoadedModelInfo(
+                model_type=m.model_type, variant=m.variant, device=m.device, engine=m.engine
+            )
             for m in pool.loaded()
         ],
         jobs=JobsHealth(backend=jobs.name, ok=jobs_ok, detail=jobs_detail),
