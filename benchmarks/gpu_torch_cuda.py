@@ -114,7 +114,7 @@ def _with_tiny_tokenizer(model: Any, tiny: Path, target: Path) -> Path:
     return target
 
 
-def sam3_case(tmp: Path, tiny: Path) -> tuple[Path, Any, Callable]:
+def sam3_case(tmp: Path, tiny: Path, threshold: float = 0.0) -> tuple[Path, Any, Callable]:
     import torch
     from transformers import Sam3Config, Sam3Model
 
@@ -133,7 +133,7 @@ def sam3_case(tmp: Path, tiny: Path) -> tuple[Path, Any, Callable]:
     (ckpt / "preprocessor_config.json").write_text(json.dumps(cfg))
     options = _WarmupOptions()
     for field, value in (("prompts", ["a cat", "a person", "a cup", "a rocket"]),
-                         ("threshold", 0.0), ("output_format", "rle")):
+                         ("threshold", threshold), ("output_format", "rle")):
         try:
             setattr(options, field, value)
         except Exception:
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="*",
                         default=["dinov3", "da3", "grounding-dino", "sam3"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--sam3-threshold", type=float, default=0.0,
+                        help="instance threshold (0 keeps all 200 queries of every prompt)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -237,7 +239,7 @@ def main() -> None:
                     result = da3_network(args.repeats)
                 else:
                     case = {"dinov3": lambda: dinov3_case(tmp),
-                            "sam3": lambda: sam3_case(tmp, tiny),
+                            "sam3": lambda: sam3_case(tmp, tiny, args.sam3_threshold),
                             "grounding-dino": lambda: grounding_dino_case(tmp, tiny)}[name]
                     ckpt, options, compare = case()
                     batches = {"dinov3": [1, 8, 32], "sam3": [1, 4]}.get(name, [1, 4])
