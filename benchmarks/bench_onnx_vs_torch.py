@@ -53,8 +53,27 @@ def dinov3_vits16(directory: Path) -> str:
     return "dinov3"
 
 
+def depth_anything_da3_small(directory: Path) -> str:
+    """Depth Anything 3 at the ``da3-small`` preset, as ``depth-anything/DA3-SMALL``.
+
+    DINOv2 ViT-S with the camera token, DualDPT head and camera decoder, in the official
+    layout (``{"model_name": "da3-small"}``), with the tiny checkpoints' well-scaled random
+    weights (34 M parameters).
+    """
+    from engines.families.da3 import PRESETS, Da3Network, save_da3
+    from engines.families.da3.tiny import _randomize
+
+    network = Da3Network(PRESETS["da3-small"])
+    _randomize(network, 0)
+    save_da3(network, directory, preset_only=True)
+    return "depth-anything"
+
+
 # family → (builder of a full-size checkpoint, default options factory name)
-BUILDERS: dict[str, Callable[[Path], str]] = {"dinov3": dinov3_vits16}
+BUILDERS: dict[str, Callable[[Path], str]] = {
+    "dinov3": dinov3_vits16,
+    "depth-anything": depth_anything_da3_small,
+}
 
 
 def worker(args: argparse.Namespace) -> None:
