@@ -274,15 +274,15 @@ def test_exported_graph_follows_the_input_size(checkpoints: dict[str, Path], var
     """Traced at one size, the graph runs at others (batch, height and width are dynamic)."""
     import onnxruntime as ort
 
-    from export.onnx_export import GraphModule
+    from export.onnx_export import graph_module
 
     family = DepthAnythingFamily()
     spec = VariantSpec(variant, str(checkpoints[variant]))
     pipeline = family.load_torch(LoadRequest(spec, "cpu", "float32", 1))
     (graph,) = family.onnx_graphs(pipeline)
     example = torch.randn(2, 3, 98, 126)
-    module = GraphModule(pipeline.core.module, pipeline.core.graphs["model"], ["pixel_values"],
-                         graph.outputs)
+    module = graph_module(pipeline.core.module, pipeline.core.graphs["model"], ["pixel_values"],
+                          graph.outputs)
     path = tmp_path / "model.onnx"
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), dynamo=False,
