@@ -315,5 +315,3 @@ def msgspec_replace(manifest: Manifest, **changes: Any) -> Manifest:
 
     return msgspec.structs.replace(manifest, **changes)
 
-
-GraphModule = graph_module  # older name, kept while callers move over
