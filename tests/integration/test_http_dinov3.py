@@ -32,7 +32,10 @@ def test_root_lists_models_and_docs(http: httpx.Client) -> None:
     assert body["docs"] == "/docs" and body["redoc"] == "/redoc"
     assert "dinov3" in body["models"]
     schema = http.get(body["openapi"]).json()
-    assert "/inference/dinov3" in schema["paths"]
+    for model in ("dinov3", "sam3", "grounding-dino", "depth-anything"):
+        post = schema["paths"][f"/inference/{model}"]["post"]
+        example = post["requestBody"]["content"]["application/json"]["schema"]["examples"][0]
+        assert example["images"], model
     for page in ("/docs", "/redoc"):
         response = http.get(page)
         assert response.status_code == 200
