@@ -182,22 +182,35 @@ async def test_served_through_onnx_runtime_matches_torch(
         await pool.close()
 
 
-def test_parity_metrics_pair_queries_that_swapped_ranks() -> None:
+def test_parity_metrics_pair_queries_by_their_proposals() -> None:
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(20, 6)).astype(np.float32)
-    boxes = rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32)
+    raw = {"logits": rng.normal(size=(20, 6)).astype(np.float32),
+           "pred_boxes": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32),
+           "reference_points": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32)}
+
+    def result(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"width": 100, "height": 50, "detections": [], "raw": arrays}
+
     order = np.arange(20)
-    order[[4, 5]] = order[[5, 4]]  # two near-equal encoder scores swapped
-    ref = {"width": 100, "height": 50, "detections": [],
-           "raw": {"logits": logits, "pred_boxes": boxes}}
-    swapped = {"width": 100, "height": 50, "detections": [],
-               "raw": {"logits": logits[order], "pred_boxes": boxes[order]}}
-    figures = GroundingDinoFamily().parity_metrics([ref], [swapped])
+    order[[4, 5]] = order[[5, 4]]  # two near-equal encoder scores swapped ranks
+    swapped = {k: v[order] for k, v in raw.items()}
+    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(swapped)])
     assert figures["queries_matched_fraction"] == 1.0
+    assert figures["images_same_selection_fraction"] == 1.0
     assert figures["query_probs_max_abs_diff"] == 0.0
-    # A query that left the top-k (replaced by another) is counted as unmatched.
-    other = {"width": 100, "height": 50, "detections": [],
-             "raw": {"logits": logits.copy(), "pred_boxes": boxes.copy()}}
-    other["raw"]["pred_boxes"][19] = [0.5, 0.5, 0.01, 0.01]
-    figures = GroundingDinoFamily().parity_metrics([ref], [other])
+
+    # Another proposal entered the top-k: that image's queries are not gated as continuous
+    # figures (the decoder mixes all queries), only reported; with no other image to compare,
+    # the query figures fall back to all paired queries.
+    flipped = {k: v.copy() for k, v in raw.items()}
+    flipped["reference_points"][19] = [0.5, 0.5, 0.01, 0.01]
+    flipped["logits"] += 0.5
+    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(flipped)])
     assert figures["queries_matched_fraction"] == 19 / 20
+    assert figures["images_same_selection_fraction"] == 0.0
+    assert figures["flipped_query_probs_max_abs_diff"] > 0.01
+    assert figures["query_probs_max_abs_diff"] == figures["flipped_query_probs_max_abs_diff"]
+    figures = GroundingDinoFamily().parity_metrics([result(raw)] * 2,
+                                                  [result(raw), result(flipped)])
+    assert figures["images_same_selection_fraction"] == 0.5
+    assert figures["query_probs_max_abs_diff"] == 0.0
