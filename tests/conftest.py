@@ -31,6 +31,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def assert_clear_error(response: httpx.Response, status: int, needle: str) -> None:
+    """A JSON error of ``status`` whose ``detail`` mentions ``needle``, without internals."""
+    assert response.status_code == status, response.text
+    assert needle.lower() in response.json()["detail"].lower()
+    assert "Traceback" not in response.text
+
+
 def asset_b64(name: str) -> str:
     """Base64 of a test photo."""
     return base64.b64encode((ASSETS / name).read_bytes()).decode()
