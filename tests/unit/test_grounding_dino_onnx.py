@@ -196,8 +196,11 @@ def test_parity_metrics_pair_queries_by_their_proposals() -> None:
     swapped = {k: v[order] for k, v in raw.items()}
     figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(swapped)])
     assert figures["queries_matched_fraction"] == 1.0
+    assert figures["query_probs_max_abs_diff"] == 0.0  # each compared with itself
+    # ... but swapped ranks change the decoder's input (content queries are per rank).
+    assert figures["images_same_selection_fraction"] == 0.0
+    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(raw)])
     assert figures["images_same_selection_fraction"] == 1.0
-    assert figures["query_probs_max_abs_diff"] == 0.0
 
     # Another proposal entered the top-k: that image's queries are not gated as continuous
     # figures (the decoder mixes all queries), only reported; with no other image to compare,
