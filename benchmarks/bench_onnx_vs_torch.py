@@ -3,9 +3,18 @@
 For each family: write a full-size random checkpoint in the released layout, export it with
 ``vision-api export`` (parity gated, fusions, int8), then time the core forward of each
 runtime in its own process (so their thread pools never meet), batch 1 and 4, after warm-up.
-Prints a table with ratios measured in the same run; ``--json PATH`` writes the figures.
+Families split into several graphs (SAM3: vision / text / decoder) also get each graph timed
+on its own, on the inputs the pipeline gave it (the decoder: one image's embedding against
+the parity options' prompts). Prints a table with ratios measured in the same run; ``--json
+PATH`` writes the figures.
 
     python benchmarks/bench_onnx_vs_torch.py --families dinov3 --repeats 10
+    python benchmarks/bench_onnx_vs_torch.py --families grounding-dino --repeats 3 --batches 1
+    python benchmarks/bench_onnx_vs_torch.py --families sam3 --batches 1 --repeats 2 \
+        --graph-repeats 5 --no-int8
+
+SAM3 is not run by default: its full-size export checks parity against a float64 torch
+reference (over an hour on 2 cores) and needs ~14 GB of free memory.
 """
 
 from __future__ import annotations
@@ -53,6 +62,58 @@ def dinov3_vits16(directory: Path) -> str:
     return "dinov3"
 
 
+def sam3_full(directory: Path) -> str:
+    """SAM3 at ``Sam3Config()`` defaults (~0.84 B params, 1008² input, 200 queries).
+
+    The tokenizer is the tiny checkpoint's (a CLIP BPE over a few words: its ids fit the
+    49408-token vocabulary), and the text config's special ids are set to its own.
+    """
+    import torch
+    from transformers import Sam3Config, Sam3Model
+
+    from engines.families.sam3 import DEFAULT_PREPROCESSING
+    from engines.families.sam3_tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = Sam3Config()
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config.text_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    config.text_config.eos_token_id = eos
+    config.text_config.pad_token_id = eos
+    torch.manual_seed(0)
+    Sam3Model(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
+    return "sam3"
+
+
+def grounding_dino_tiny(directory: Path) -> str:
+    """GroundingDINO at ``GroundingDinoConfig()`` defaults: Swin-T + BERT-base (as
+    ``IDEA-Research/grounding-dino-tiny``, 172 M params), 900 queries, 800-1333 input.
+
+    The tokenizer is the tiny checkpoint's BERT vocabulary (its ids, 101/102/1012/1029 for the
+    special tokens included, fit BERT-base's 30522).
+    """
+    import torch
+    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    from engines.families.grounding_dino import _tiny_vocab
+    from engines.families.grounding_dino_images import DEFAULT_PREPROCESSING
+
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig())
+    # Random init gives text logits of ±50 whose sigmoids are all 0 or 1 (every query a
+    # detection); as in the tiny checkpoint, a smaller final decoder norm spreads them over
+    # (0, 1) so thresholds and scores mean something. The compute is unchanged.
+    with torch.no_grad():
+        model.model.decoder.layer_norm.weight.mul_(0.1)
+        model.model.decoder.layer_norm.bias.mul_(0.1)
+    model.save_pretrained(directory)
+    BertTokenizer(vocab=_tiny_vocab()).save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
+    return "grounding-dino"
+
+
 def depth_anything_da3_small(directory: Path) -> str:
     """Depth Anything 3 at the ``da3-small`` preset, as ``depth-anything/DA3-SMALL``.
 
@@ -69,11 +130,15 @@ def depth_anything_da3_small(directory: Path) -> str:
     return "depth-anything"
 
 
-# family → (builder of a full-size checkpoint, default options factory name)
+# family → builder of a full-size checkpoint
 BUILDERS: dict[str, Callable[[Path], str]] = {
     "dinov3": dinov3_vits16,
+    "grounding-dino": grounding_dino_tiny,
+    "sam3": sam3_full,
     "depth-anything": depth_anything_da3_small,
 }
+# Families the default run leaves out (see the module docstring).
+HEAVY = ("sam3",)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -99,16 +164,51 @@ def worker(args: argparse.Namespace) -> None:
                        OrtOptions(intra_op_threads=threads, optimization=args.optimization))
         pipeline = family.load_onnx(request, core)
     options = family.parity_options()[0]
-    images = [Image.open(PHOTOS[i % len(PHOTOS)]).convert("RGB") for i in range(args.batch)]
+    # One photo repeated: families whose input size follows the image (Depth Anything) batch
+    # only equal shapes.
+    images = [Image.open(PHOTOS[1]).convert("RGB")] * args.batch
     prepared = [pipeline.prepare(im, options) for im in images]
-    for _ in range(args.warmup):
+    # The first forward also records what each graph was given (its first call).
+    graph_inputs: dict[str, dict[str, object]] = {}
+    run = pipeline.core.run
+
+    def recording(graph: str, inputs: dict[str, object], *, host: bool = True) -> object:
+        graph_inputs.setdefault(graph, dict(inputs))
+        return run(graph, inputs, host=host)
+
+    pipeline.core.run = recording
+    for _ in range(max(args.warmup, 1)):
         pipeline.forward(prepared, options)
+    pipeline.core.run = run
+    result = {"load_avg": os.getloadavg()[0]}
+    if args.repeats > 0:
+        result.update(_timed(lambda: pipeline.forward(prepared, options), args.repeats))
+    if len(family.graphs) > 1:
+        result["graphs"] = {
+            graph: {**_timed(lambda g=graph, i=inputs: run(g, i), args.graph_repeats or
+                             args.repeats), "rows": _rows(inputs)}
+            for graph, inputs in graph_inputs.items()
+        }
+    result["load_avg_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Median and best wall time of ``repeats`` calls, in ms."""
     times = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         started = time.perf_counter()
-        pipeline.forward(prepared, options)
+        fn()
         times.append((time.perf_counter() - started) * 1e3)
-    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times)}))
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def _rows(inputs: dict[str, object]) -> int:
+    """The rows of a graph call: images for the vision graph, prompts for the others."""
+    for name in ("text_features", "input_ids", "pixel_values"):
+        if name in inputs:
+            return len(inputs[name])  # type: ignore[arg-type]
+    return 0
 
 
 def run_worker(family: str, runtime: str, batch: int, ckpt: Path, art: Path,
@@ -116,17 +216,49 @@ def run_worker(family: str, runtime: str, batch: int, ckpt: Path, art: Path,
     command = [sys.executable, __file__, "--worker", "--family", family, "--runtime", runtime,
                "--batch", str(batch), "--checkpoint", str(ckpt), "--artifacts", str(art),
                "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+               "--graph-repeats", str(args.graph_repeats),
                "--optimization", optimization, "--threads", str(args.threads)]
     out = subprocess.run(command, capture_output=True, text=True, check=True,
                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _graph_rows(
+    graphs: dict[str, dict[str, dict[str, float]] | None], runtimes: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """Per graph: each runtime's median ms per call and the speed-up per row.
+
+    The rows of one call may differ between runtimes (SAM3's vision graph takes one image per
+    call on ONNX Runtime, up to four on torch), so speed-ups compare time per row.
+    """
+    table: dict[str, dict[str, float]] = {}
+    for graph, timing in (graphs["torch"] or {}).items():
+        entry = {"rows": timing["rows"], "torch_ms": timing["median_ms"]}
+        per_row = timing["median_ms"] / max(timing["rows"], 1)
+        for runtime in runtimes:
+            other = (graphs[runtime] or {})[graph]
+            entry[f"{runtime}_rows"] = other["rows"]
+            entry[f"{runtime}_ms"] = other["median_ms"]
+            entry[f"{runtime}_speedup"] = per_row / (other["median_ms"] / max(other["rows"], 1))
+        table[graph] = entry
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--families", nargs="*", default=list(BUILDERS))
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--families", nargs="*", choices=list(BUILDERS),
+                        default=[f for f in BUILDERS if f not in HEAVY])
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed whole forwards (0: time the graphs only)")
+    parser.add_argument("--graph-repeats", type=int, default=0,
+                        help="timed calls per graph of multi-graph families (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 4])
+    parser.add_argument("--no-int8", action="store_true", help="no int8 artifact or timing")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="export without ORT's transformer fusions")
+    parser.add_argument("--keep", type=Path, help="write checkpoints and artifacts here "
+                        "(kept) instead of a temporary directory")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--levels", action="store_true", help="also compare ORT optimisation levels")
     parser.add_argument("--json", type=Path)
@@ -147,28 +279,40 @@ def main() -> None:
     from export.onnx_export import ExportOptions, export_variant
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    runtimes = ("onnx",) if args.no_int8 else ("onnx", "onnx-int8")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
         for family_name in args.families:
             ckpt, art = Path(tmp) / family_name / "ckpt", Path(tmp) / family_name / "art"
-            ckpt.mkdir(parents=True)
-            BUILDERS[family_name](ckpt)
+            if not (ckpt / "config.json").exists():
+                ckpt.mkdir(parents=True, exist_ok=True)
+                BUILDERS[family_name](ckpt)
             family = default_registry().get(family_name)
             started = time.perf_counter()
             manifests = export_variant(
                 family, VariantSpec("bench", str(ckpt)),
-                ExportOptions(out=art, quantize="int8", images=PHOTOS),
+                ExportOptions(out=art, quantize=None if args.no_int8 else "int8", images=PHOTOS,
+                              optimize=not args.no_optimize),
             )
             export_s = time.perf_counter() - started
             parity = [json.loads(p.read_text())["parity"] for p in manifests]
-            for batch in (1, 4):
-                torch_ms = run_worker(family_name, "torch", batch, ckpt, art, args)["median_ms"]
+            for batch in args.batches:
+                measured = run_worker(family_name, "torch", batch, ckpt, art, args)
+                torch_ms = measured.get("median_ms", float("nan"))
                 row = {"family": family_name, "batch": batch, "torch_ms": torch_ms,
                        "export_s": round(export_s, 1), "parity_fp32": parity[0],
-                       "parity_int8": parity[1] if len(parity) > 1 else None}
-                for runtime in ("onnx", "onnx-int8"):
-                    ms = run_worker(family_name, runtime, batch, ckpt, art, args)["median_ms"]
+                       "parity_int8": parity[1] if len(parity) > 1 else None,
+                       "load_avg": {"torch": measured["load_avg"]}}
+                graphs = {"torch": measured.get("graphs")}
+                for runtime in runtimes:
+                    measured = run_worker(family_name, runtime, batch, ckpt, art, args)
+                    ms = measured.get("median_ms", float("nan"))
                     row[f"{runtime}_ms"] = ms
                     row[f"{runtime}_speedup"] = torch_ms / ms
+                    row["load_avg"][runtime] = measured["load_avg"]
+                    graphs[runtime] = measured.get("graphs")
+                if graphs["torch"]:
+                    row["graphs"] = _graph_rows(graphs, runtimes)
                 if args.levels:
                     for level in ("disable", "basic", "extended", "all"):
                         ms = run_worker(family_name, "onnx", batch, ckpt, art, args, level)
@@ -178,8 +322,18 @@ def main() -> None:
           f"{'int8 ms':>10}{'x':>7}")
     for r in rows:
         print(f"{r['family']:<16}{r['batch']:>6}{r['torch_ms']:>11.1f}{r['onnx_ms']:>10.1f}"
-              f"{r['onnx_speedup']:>7.2f}{r['onnx-int8_ms']:>10.1f}{r['onnx-int8_speedup']:>7.2f}")
-        levels = {k: round(v, 1) for k, v in r.items() if k.startswith("onnx_") and k.endswith("_ms")}
+              f"{r['onnx_speedup']:>7.2f}{r.get('onnx-int8_ms', float('nan')):>10.1f}"
+              f"{r.get('onnx-int8_speedup', float('nan')):>7.2f}")
+        for graph, g in r.get("graphs", {}).items():
+            print(f"  {graph + ' (' + str(g['rows']) + ' rows)':<20}{g['torch_ms']:>11.1f}"
+                  f"{g['onnx_ms']:>10.1f}{g['onnx_speedup']:>7.2f}"
+                  f"{g.get('onnx-int8_ms', float('nan')):>10.1f}"
+                  f"{g.get('onnx-int8_speedup', float('nan')):>7.2f}")
+        if r.get("graphs"):
+            print("    graphs: ms per call; speed-ups per row (image or prompt)")
+        print(f"    load average (1 min) at each worker's start: {r['load_avg']}")
+        levels = {level: round(r[f"onnx_{level}_ms"], 1)
+                  for level in ("disable", "basic", "extended", "all") if f"onnx_{level}_ms" in r}
         if levels:
             print(f"    ORT optimisation levels (ms): {levels}")
         print(f"    parity fp32 {r['parity_fp32']}  int8 {r['parity_int8']}")
