@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -225,16 +224,14 @@ def test_metric_depth_matches_reference() -> None:
 
 
 @pytest.mark.parametrize("kind", ["anyview", "mono", "metric"])
-def test_tiny_checkpoint_loads_fast_and_runs(kind: str, tmp_path: Path) -> None:
+def test_tiny_checkpoint_loads_and_runs(kind: str, tmp_path: Path) -> None:
     write_tiny_da3(tmp_path / "a", kind)
     write_tiny_da3(tmp_path / "b", kind)
     weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("a", "b")]
     assert weights[0] == weights[1]  # deterministic
     assert json.loads((tmp_path / "a" / "config.json").read_text())["model_name"]
 
-    start = time.perf_counter()
     network, config = load_da3(tmp_path / "a")
-    assert time.perf_counter() - start < 1.0
     assert config == TINY_CONFIGS[kind]
     for height, width in [(56, 56), (140, 98)]:
         with torch.inference_mode():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,20 +252,17 @@ def test_mm_grounding_dino_checkpoint_loads_and_matches(tmp_path: Path) -> None:
     assert_same_detections(result, expected, atol=1e-5)
 
 
-def test_write_tiny_is_fast_and_forward_is_quick(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_write_tiny_writes_a_checkpoint_that_runs(tmp_path: Path) -> None:
+    # No timing assertion here (timings belong to benchmarks/); this checks the tiny
+    # checkpoint loads and runs through the real pipeline.
     written = GroundingDinoFamily().write_tiny(tmp_path)
     assert written == {"tiny": "grounding-dino-tiny"}
-    assert time.perf_counter() - started < 10
     pipeline = GroundingDinoFamily().load_torch(
         LoadRequest(VariantSpec("tiny", str(tmp_path / "grounding-dino-tiny")), "cpu", "float32", 2)
     )
     pipeline.warmup()
     options = Options()
     prepared = pipeline.prepare(photo("rocket.jpg"), options)
-    durations = []
-    for _ in range(3):  # the best of three: this machine is shared with other test runs
-        started = time.perf_counter()
-        pipeline.forward([prepared], options)
-        durations.append(time.perf_counter() - started)
-    assert min(durations) < 1.0
+    (raw,) = pipeline.forward([prepared], options)
+    result = pipeline.postprocess(raw, prepared, options)
+    assert (result["width"], result["height"]) == (640, 427)
