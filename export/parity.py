@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,22 @@ def check_parity(
                 if previous is None or (value < previous if op == ">=" else value > previous):
                     worst[metric] = value
     if enforce_gates:
-        failed = [
-            f"{metric} = {worst[metric]:.6g} (gate {op} {limit})"
-            for metric, (op, limit) in family.parity_gates.items()
-            if metric in worst
-            and not (worst[metric] >= limit if op == ">=" else worst[metric] <= limit)
-        ]
+        failed = failed_gates(family.parity_gates, worst)
         if failed:
             raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
     return worst
+
+
+def failed_gates(
+    gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]
+) -> list[str]:
+    """The gates (metric → (">=" or "<=", limit)) that ``figures`` fail, described."""
+    return [
+        f"{metric} = {figures[metric]:.6g} (gate {op} {limit})"
+        for metric, (op, limit) in gates.items()
+        if metric in figures
+        and not (figures[metric] >= limit if op == ">=" else figures[metric] <= limit)
+    ]
 
 
 def _finite(value: Any) -> bool:

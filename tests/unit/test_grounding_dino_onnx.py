@@ -19,7 +19,7 @@ from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
-from export.parity import default_images
+from export.parity import default_images, failed_gates
 from export.patches import export_patches, special_token_masks
 from tests.conftest import ASSETS
 
@@ -31,12 +31,9 @@ def photo(name: str) -> Image.Image:
 
 
 def within_gates(figures: Mapping[str, float]) -> list[str]:
-    failed = []
-    for metric, (op, limit) in GroundingDinoFamily.parity_gates.items():
-        value = figures[metric]
-        if not (value >= limit if op == ">=" else value <= limit):
-            failed.append(f"{metric}={value} (gate {op} {limit})")
-    return failed
+    """The gates of GroundingDino that ``figures`` fail."""
+    assert set(GroundingDinoFamily.parity_gates) <= set(figures), "a gated metric was not measured"
+    return failed_gates(GroundingDinoFamily.parity_gates, figures)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
-from export.parity import default_images
+from export.parity import default_images, failed_gates
 from tests.conftest import ASSETS
 
 # pycocotools' decode trips a numpy 2 DeprecationWarning inside its own code.
@@ -32,13 +32,9 @@ def photo(name: str) -> Image.Image:
 
 
 def within_gates(figures: Mapping[str, float]) -> list[str]:
-    """The gates of SAM3 that ``figures`` fail."""
-    failed = []
-    for metric, (op, limit) in Sam3Family.parity_gates.items():
-        value = figures[metric]
-        if not (value >= limit if op == ">=" else value <= limit):
-            failed.append(f"{metric}={value} (gate {op} {limit})")
-    return failed
+    """The gates of Sam3 that ``figures`` fail."""
+    assert set(Sam3Family.parity_gates) <= set(figures), "a gated metric was not measured"
+    return failed_gates(Sam3Family.parity_gates, figures)
 
 
 @pytest.fixture(scope="module")
