@@ -57,17 +57,20 @@ def uv_embedding(
     diag = (aspect**2 + 1.0) ** 0.5
     xs = _centred_grid(width, aspect / diag, like)
     ys = _centred_grid(height, 1.0 / diag, like)
-    grid_u, grid_v = torch.meshgrid(xs, ys, indexing="xy")
     quarter = channels // 4
     omega = torch.arange(quarter, dtype=torch.float32, device=like.device) / (channels / 4.0)
     omega = 1.0 / 100.0**omega
 
-    def sincos(coords: Tensor) -> Tensor:
-        angles = coords.reshape(-1)[:, None] * omega[None]
-        return torch.cat((angles.sin(), angles.cos()), dim=1)
+    def sincos(coords: Tensor) -> Tensor:  # [n] -> [channels/2, n]
+        angles = coords[:, None] * omega[None]
+        return torch.cat((angles.sin(), angles.cos()), dim=1).float().transpose(0, 1)
 
-    embedding = torch.cat((sincos(grid_u), sincos(grid_v)), dim=1).float()
-    return embedding.view(height, width, channels).permute(2, 0, 1)
+    # The reference takes sin/cos of a meshgrid (every pixel); the u half only varies along
+    # columns and the v half along rows, so the same values are computed once per column and
+    # per row and broadcast: sin/cos of H + W points instead of H·W, no permute of the result.
+    u = sincos(xs)[:, None, :].expand(-1, height, -1)
+    v = sincos(ys)[:, :, None].expand(-1, -1, width)
+    return torch.cat((u, v), dim=0)
 
 
 class ResidualConvUnit(nn.Module):
