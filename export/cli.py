@@ -28,7 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--fp16", action="store_true", help="also write an fp16 artifact (GPU)")
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 CPU artifact")
-    parser.add_argument("--no-optimize", action="store_true", help="skip ORT transformer fusions")
+    parser.add_argument(
+        "--no-optimize", action="store_true",
+        help="skip the fused attention and ORT's transformer fusions",
+    )
     parser.add_argument("--config", help="TOML settings file (the server's)")
     parser.add_argument("--images", type=Path, nargs="*", help="photos for the parity check")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check artifacts under DIR")
@@ -88,7 +91,7 @@ def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
     from engines.base import LoadRequest
     from engines.checkpoints import resolve_checkpoint
     from engines.onnx_runtime import OrtCore, OrtOptions
-    from export.parity import check_parity
+    from export.parity import compare, reference_runs
 
     manifests = sorted(root.rglob(MANIFEST))
     if not manifests:
@@ -107,13 +110,16 @@ def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
             continue
         request = LoadRequest(spec, "cpu", "float32", os.cpu_count() or 1)
         reference = family.load_torch(request)
+        try:
+            expected = reference_runs(family, reference, images)
+        finally:
+            reference.core.close()  # released before the ONNX sessions are built
         core = OrtCore(path.parent, manifest, OrtOptions())
         try:
-            parity = check_parity(
+            parity = compare(
                 family,
-                reference,
+                expected,
                 family.load_onnx(request, core),
-                images,
                 enforce_gates=manifest.precision == "fp32",
             )
             figures = ", ".join(f"{k}={v:.6g}" for k, v in parity.items())
@@ -123,5 +129,4 @@ def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
             status = 1
         finally:
             core.close()
-            reference.core.close()
     return status

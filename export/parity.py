@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,70 @@ def default_images() -> list[Path]:
     return [root / name for name in DEFAULT_PHOTOS if (root / name).exists()]
 
 
+@dataclass(frozen=True)
+class ReferenceRuns:
+    """The reference pipeline's results on the parity photos, one per (options, batch) run.
+
+    Computed once and kept, so the reference model can be released before any ONNX session is
+    built: full-size SAM3's float64 reference (6.8 GB of weights) and its ORT sessions (~9 GB
+    with one image's activations) do not fit a 24 GB machine together.
+    """
+
+    images: list[Image.Image]
+    runs: list[tuple[Any, int, list[dict[str, Any]]]]
+
+
+def reference_runs(
+    family: Family, reference: Pipeline[Any], image_paths: Sequence[Path]
+) -> ReferenceRuns:
+    """Run ``reference`` with every parity option, batch 1 (each photo alone) and batch 4.
+
+    Raises:
+        ParityError: There are no photos to check on.
+    """
+    images = [Image.open(p).convert("RGB") for p in (image_paths or default_images())]
+    if not images:
+        raise ParityError("no photos to check parity on")
+    runs = [
+        (options, batch, run_pipeline(reference, images, options, max_batch_size=batch))
+        for options in family.parity_options()
+        for batch in (1, 4)
+    ]
+    return ReferenceRuns(images, runs)
+
+
+def compare(
+    family: Family,
+    expected: ReferenceRuns,
+    candidate: Pipeline[Any],
+    *,
+    enforce_gates: bool = True,
+) -> dict[str, float]:
+    """Run ``candidate`` as the reference ran; return the worst figure per metric.
+
+    Non-finite outputs always fail; the family's gates fail only when ``enforce_gates``
+    (fp32 artifacts).
+
+    Raises:
+        ParityError: A gate failed or an output was NaN/Inf.
+    """
+    worst: dict[str, float] = {}
+    for options, batch, reference_results in expected.runs:
+        got = run_pipeline(candidate, expected.images, options, max_batch_size=batch)
+        if not _finite(got):
+            raise ParityError(f"{family.name}: the ONNX pipeline produced NaN or Inf")
+        for metric, value in family.parity_metrics(reference_results, got).items():
+            op = family.parity_gates.get(metric, ("<=", math.inf))[0]
+            previous = worst.get(metric)
+            if previous is None or (value < previous if op == ">=" else value > previous):
+                worst[metric] = value
+    if enforce_gates:
+        failed = failed_gates(family.parity_gates, worst)
+        if failed:
+            raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
+    return worst
+
+
 def check_parity(
     family: Family,
     reference: Pipeline[Any],
@@ -32,35 +97,13 @@ def check_parity(
     *,
     enforce_gates: bool = True,
 ) -> dict[str, float]:
-    """Run both pipelines with the family's parity options; return the worst figure per metric.
-
-    Batch 1 runs every photo alone, batch 4 runs them together; both through the same pre-
-    and post-processing. Non-finite outputs always fail; the family's gates fail only when
-    ``enforce_gates`` (fp32 artifacts).
+    """:func:`compare` ``candidate`` with ``reference`` on the photos (both kept loaded).
 
     Raises:
         ParityError: A gate failed or an output was NaN/Inf.
     """
-    images = [Image.open(p).convert("RGB") for p in (image_paths or default_images())]
-    if not images:
-        raise ParityError("no photos to check parity on")
-    worst: dict[str, float] = {}
-    for options in family.parity_options():
-        for batch in (1, 4):
-            expected = run_pipeline(reference, images, options, max_batch_size=batch)
-            got = run_pipeline(candidate, images, options, max_batch_size=batch)
-            if not _finite(got):
-                raise ParityError(f"{family.name}: the ONNX pipeline produced NaN or Inf")
-            for metric, value in family.parity_metrics(expected, got).items():
-                op = family.parity_gates.get(metric, ("<=", math.inf))[0]
-                previous = worst.get(metric)
-                if previous is None or (value < previous if op == ">=" else value > previous):
-                    worst[metric] = value
-    if enforce_gates:
-        failed = failed_gates(family.parity_gates, worst)
-        if failed:
-            raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
-    return worst
+    expected = reference_runs(family, reference, image_paths)
+    return compare(family, expected, candidate, enforce_gates=enforce_gates)
 
 
 def failed_gates(
