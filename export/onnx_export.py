@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +25,8 @@ from engines.artifacts import (
 )
 from engines.base import Family, LoadRequest, OnnxGraph, Pipeline, VariantSpec
 from engines.checkpoints import resolve_checkpoint
-from export.parity import ParityError, check_parity
+from export.attention import fused_attention
+from export.parity import ParityError, ReferenceRuns, compare, reference_runs
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -38,7 +41,9 @@ class ExportOptions:
         opset: ONNX opset.
         fp16: Also write an fp16 artifact (for GPU providers).
         quantize: ``int8`` to also write a dynamically quantised CPU artifact.
-        optimize: Apply ONNX Runtime's transformer fusions where they keep parity.
+        optimize: Export plain attention as ONNX Runtime's fused ``MultiHeadAttention``
+            (:mod:`export.attention`) and apply its transformer fusions where they keep
+            parity.
         images: Photos the parity check runs on.
         threads: torch / ORT threads during export and checks.
     """
@@ -93,9 +98,15 @@ def export_variant(
     weights = weights_sha256(checkpoint)
     directory = artifact_dir(options.out, family.name, spec.name, "fp32")
     _fresh(directory)
-    infos, notes = [], []
+    notes = [note for graph in graphs for note in _trace(torch_pipeline, graph, directory, options)]
+    # The torch model is released before ONNX Runtime builds any session (memory: full-size
+    # SAM3 is 3.4 GB of weights, its ORT graphs as much again plus their activations).
+    torch_pipeline.core.close()
+    del torch_pipeline
+    gc.collect()
+    infos = []
     for graph in graphs:
-        info, note = _export_graph(torch_pipeline, graph, directory, options)
+        info, note = _finish(graph, directory, options)
         infos.append(info)
         notes += note
     manifest = Manifest(
@@ -113,10 +124,10 @@ def export_variant(
         created_at=datetime.now(UTC).isoformat(),
         notes=notes,
     )
-    torch_pipeline.core.close()
-    reference, reference_note = _reference_pipeline(family, request)
+    del graphs
+    expected, reference_note = _reference_results(family, request, options.images)
     manifest.notes.append(reference_note)
-    written = [_checked(family, request, reference, directory, manifest, options, enforce=True)]
+    written = [_checked(family, request, expected, directory, manifest, enforce=True)]
     derived = []
     if options.quantize == "int8":
         derived.append(("int8", _quantize_int8))
@@ -133,34 +144,41 @@ def export_variant(
             notes=[*notes, f"derived from the fp32 artifact by {convert.__name__.strip('_')}"],
         )
         # Derived precisions record their drift against torch; only non-finite outputs fail.
-        written.append(_checked(family, request, reference, target, copy, options, enforce=False))
-    reference.core.close()
+        written.append(_checked(family, request, expected, target, copy, enforce=False))
     return written
 
 
-def _reference_pipeline(family: Family, request: LoadRequest) -> tuple[Pipeline[Any], str]:
-    """The torch pipeline parity is measured against: float64 where the family runs in it.
+def _reference_results(
+    family: Family, request: LoadRequest, images: Sequence[Path]
+) -> tuple[ReferenceRuns, str]:
+    """The torch results parity is measured against, float64 where the family runs in it.
 
     float32 torch is itself only an approximation (on random weights it drifts ~1e-3 from
     float64 where a LayerNorm sees a near-constant vector); against float64 the gates measure
-    the ONNX graph's own error instead of the sum of two runtimes' rounding.
+    the ONNX graph's own error instead of the sum of two runtimes' rounding. The reference is
+    released before any ONNX session is built (memory: see :class:`ReferenceRuns`).
     """
     try:
         pipeline = family.load_torch(dataclasses.replace(request, dtype="float64"))
         pipeline.warmup()
-        return pipeline, "parity reference: torch float64"
+        note = "parity reference: torch float64"
     except Exception as exc:
         log.info("float64 reference unavailable for %s (%s); using float32", family.name, exc)
-        return family.load_torch(request), f"parity reference: torch float32 ({exc})"
+        pipeline, note = family.load_torch(request), f"parity reference: torch float32 ({exc})"
+    try:
+        return reference_runs(family, pipeline, images), note
+    finally:
+        pipeline.core.close()
+        del pipeline
+        gc.collect()
 
 
 def _checked(
     family: Family,
     request: LoadRequest,
-    torch_pipeline: Pipeline[Any],
+    expected: ReferenceRuns,
     directory: Path,
     manifest: Manifest,
-    options: ExportOptions,
     *,
     enforce: bool,
 ) -> Path:
@@ -169,9 +187,7 @@ def _checked(
     core = OrtCore(directory, manifest, OrtOptions(intra_op_threads=request.torch_threads))
     onnx_pipeline = family.load_onnx(request, core)
     try:
-        parity = check_parity(
-            family, torch_pipeline, onnx_pipeline, options.images, enforce_gates=enforce
-        )
+        parity = compare(family, expected, onnx_pipeline, enforce_gates=enforce)
     except ParityError:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -180,10 +196,10 @@ def _checked(
     return write_manifest(directory, msgspec_replace(manifest, parity=parity))
 
 
-def _export_graph(
+def _trace(
     pipeline: Pipeline[Any], graph: OnnxGraph, directory: Path, options: ExportOptions
-) -> tuple[GraphInfo, list[str]]:
-    import onnx
+) -> list[str]:
+    """Write ``graph`` as ``<name>.onnx`` (legacy exporter); return notes for the manifest."""
     import torch
 
     core = pipeline.core
@@ -192,7 +208,9 @@ def _export_graph(
     module = graph_module(core.module, fn, names, graph.outputs)  # type: ignore[attr-defined]
     args = tuple(torch.from_numpy(np.ascontiguousarray(graph.inputs[n])) for n in names)
     path = directory / f"{graph.name}.onnx"
-    with torch.no_grad():  # not inference_mode: inference tensors cannot be exported
+    attention = fused_attention() if options.optimize else contextlib.nullcontext([0])
+    # not inference_mode: inference tensors cannot be exported
+    with torch.no_grad(), attention as fused:
         torch.onnx.export(
             module,
             args,
@@ -204,6 +222,18 @@ def _export_graph(
             opset_version=options.opset,
             do_constant_folding=True,
         )
+    if fused[0]:
+        return [f"{graph.name}: {fused[0]} attention calls as MultiHeadAttention"]
+    return []
+
+
+def _finish(
+    graph: OnnxGraph, directory: Path, options: ExportOptions
+) -> tuple[GraphInfo, list[str]]:
+    """Apply the transformer fusions to a written graph (if asked); describe it."""
+    import onnx
+
+    path = directory / f"{graph.name}.onnx"
     notes = []
     optimized = False
     if options.optimize:
@@ -240,17 +270,24 @@ def _optimize(path: Path, graph: OnnxGraph, options: ExportOptions) -> tuple[boo
         )
         candidate = path.with_suffix(".opt.onnx")
         optimized.save_model_to_file(str(candidate))
+        fusions = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        del optimized
     except Exception as exc:  # the optimiser does not know every graph
         return False, f"{graph.name}: transformer optimiser skipped ({type(exc).__name__})"
-    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    fused = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
-    feed = {i.name: graph.inputs[i.name] for i in plain.get_inputs()}
+
+    def outputs(model: Path) -> list[np.ndarray]:  # one session in memory at a time
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        feed = {i.name: graph.inputs[i.name] for i in session.get_inputs()}
+        return session.run(None, feed)
+
+    plain = outputs(path)
+    gc.collect()
     worst = max(
         float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
-        for a, b in zip(plain.run(None, feed), fused.run(None, feed), strict=True)
+        for a, b in zip(plain, outputs(candidate), strict=True)
         if a.dtype.kind == "f"
     )
-    fusions = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    del plain
     if worst <= 1e-4:
         candidate.replace(path)
         return True, f"{graph.name}: fused {fusions or 'nothing'} (max abs diff {worst:.2e})"

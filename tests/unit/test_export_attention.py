@@ -1,0 +1,100 @@
+"""Plain attention exported as ONNX Runtime's fused MultiHeadAttention (export/attention.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export.attention import fused_attention
+
+
+class _SelfAttention(torch.nn.Module):
+    """A projection to q/k/v heads, SDPA, and back: the shape ViT blocks have."""
+
+    def __init__(self, dim: int = 48, heads: int = 4, scale: float | None = None) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q = self.qkv(x)[..., :dim].reshape(batch, tokens, self.heads, -1).transpose(1, 2)
+        kv = self.qkv(memory)[..., dim:].reshape(batch, memory.shape[1], 2, self.heads, -1)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return out.transpose(1, 2).reshape(batch, tokens, dim)
+
+
+class _MaskedAttention(torch.nn.Module):
+    def forward(self, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+
+def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
+            path: Path) -> int:
+    axes = {name: {0: "batch", 1: f"{name}_tokens"} for name in names}
+    with torch.no_grad(), fused_attention() as fused:
+        torch.onnx.export(module, args, str(path), dynamo=False, input_names=names,
+                          output_names=["out"], dynamic_axes=axes, opset_version=18)
+    return fused[0]
+
+
+def _op_types(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_plain_attention_becomes_one_fused_node_with_the_same_values(
+    tmp_path: Path, scale: float | None
+) -> None:
+    torch.manual_seed(0)
+    module = _SelfAttention(scale=scale).eval()
+    path = tmp_path / "attention.onnx"
+    example = (torch.randn(2, 7, 48), torch.randn(2, 5, 48))
+    assert _export(module, example, ["x", "memory"], path) == 1
+    ops = _op_types(path)
+    assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
+    # Every intermediate has a type (the int8 quantiser writes unloadable models otherwise).
+    undefined = onnx.TensorProto.UNDEFINED
+    value_info = onnx.load(str(path)).graph.value_info
+    assert all(v.type.tensor_type.elem_type != undefined for v in value_info)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # Other batch sizes and token counts than the example (dynamic axes), cross-attention
+    # (memory longer than the queries) included.
+    for batch, tokens, memory_tokens in [(1, 7, 5), (3, 20, 33), (4, 257, 257)]:
+        x, memory = torch.randn(batch, tokens, 48), torch.randn(batch, memory_tokens, 48)
+        (got,) = session.run(None, {"x": x.numpy(), "memory": memory.numpy()})
+        with torch.no_grad():
+            expected = module(x, memory).numpy()
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_masked_attention_keeps_the_plain_decomposition(tmp_path: Path) -> None:
+    path = tmp_path / "masked.onnx"
+    q = torch.randn(2, 4, 6, 8)
+    mask = torch.rand(2, 1, 6, 6) > 0.3
+    axes = {"q": {0: "batch"}, "mask": {0: "batch"}}
+    with torch.no_grad(), fused_attention() as fused:
+        torch.onnx.export(_MaskedAttention(), (q, mask), str(path), dynamo=False,
+                          input_names=["q", "mask"], output_names=["out"], dynamic_axes=axes,
+                          opset_version=18)
+    assert fused[0] == 0
+    ops = _op_types(path)
+    assert "MultiHeadAttention" not in ops and "Softmax" in ops
+
+
+def test_eager_calls_are_untouched_and_the_function_is_restored() -> None:
+    original = F.scaled_dot_product_attention
+    q = torch.randn(1, 2, 5, 8)
+    with fused_attention() as fused:
+        assert F.scaled_dot_product_attention is not original
+        inside = F.scaled_dot_product_attention(q, q, q)
+    assert fused[0] == 0
+    assert F.scaled_dot_product_attention is original
+    torch.testing.assert_close(inside, original(q, q, q), rtol=0, atol=0)
