@@ -141,15 +141,27 @@ BUILDERS: dict[str, Callable[[Path], str]] = {
 HEAVY = ("sam3",)
 
 
+REPLY = "@@bench "  # prefix of the worker's protocol lines on stdout
+
+
+def _reply(payload: dict[str, object]) -> None:
+    print(REPLY + json.dumps(payload), flush=True)
+
+
 def worker(args: argparse.Namespace) -> None:
-    """Time one runtime in this process; print JSON."""
+    """Serve timing requests for one runtime in this process (see :class:`Worker`).
+
+    Loads the pipeline, warms it up, replies with the graphs it called; then answers
+    ``forward`` (one timed forward of the batch) and ``graph NAME`` (one timed call of a
+    graph on the inputs the pipeline gave it) until stdin closes.
+    """
     import torch
+    from PIL import Image
 
     from engines.artifacts import artifact_dir, read_manifest
     from engines.base import LoadRequest, VariantSpec
     from engines.onnx_runtime import OrtCore, OrtOptions
     from engines.registry import default_registry
-    from PIL import Image
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -180,27 +192,70 @@ def worker(args: argparse.Namespace) -> None:
     for _ in range(max(args.warmup, 1)):
         pipeline.forward(prepared, options)
     pipeline.core.run = run
-    result = {"load_avg": os.getloadavg()[0]}
-    if args.repeats > 0:
-        result.update(_timed(lambda: pipeline.forward(prepared, options), args.repeats))
-    if len(family.graphs) > 1:
-        result["graphs"] = {
-            graph: {**_timed(lambda g=graph, i=inputs: run(g, i), args.graph_repeats or
-                             args.repeats), "rows": _rows(inputs)}
-            for graph, inputs in graph_inputs.items()
-        }
-    result["load_avg_end"] = os.getloadavg()[0]
-    print(json.dumps(result))
-
-
-def _timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Median and best wall time of ``repeats`` calls, in ms."""
-    times = []
-    for _ in range(repeats):
+    graphs = {g: _rows(i) for g, i in graph_inputs.items()} if len(family.graphs) > 1 else {}
+    _reply({"ready": True, "graphs": graphs, "load_avg": os.getloadavg()[0]})
+    for line in sys.stdin:
+        command, _, name = line.strip().partition(" ")
         started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+        if command == "forward":
+            pipeline.forward(prepared, options)
+        else:
+            run(name, graph_inputs[name])
+        _reply({"ms": (time.perf_counter() - started) * 1e3, "load_avg": os.getloadavg()[0]})
+
+
+class Worker:
+    """One runtime in its own process (so thread pools never meet), timed on request."""
+
+    def __init__(self, family: str, runtime: str, batch: int, ckpt: Path, art: Path,
+                 args: argparse.Namespace, optimization: str = "all") -> None:
+        command = [sys.executable, __file__, "--worker", "--family", family, "--runtime",
+                   runtime, "--batch", str(batch), "--checkpoint", str(ckpt), "--artifacts",
+                   str(art), "--warmup", str(args.warmup), "--optimization", optimization,
+                   "--threads", str(args.threads)]
+        self.label = runtime if optimization == "all" else f"onnx_{optimization}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        )
+        ready = self._read()
+        self.graphs: dict[str, int] = ready["graphs"]  # type: ignore[assignment]
+        self.load_avg = ready["load_avg"]
+
+    def time(self, command: str) -> float:
+        """Run ``forward`` or ``graph NAME`` once in the worker; its wall time in ms."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return float(self._read()["ms"])  # type: ignore[arg-type]
+
+    def _read(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        self.log.seek(0)
+        raise RuntimeError(f"{self.label} worker exited:\n{self.log.read()[-3000:]}")
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait()
+        self.log.close()
+
+
+def interleaved(workers: list[Worker], command: str, repeats: int) -> dict[str, dict[str, float]]:
+    """Time ``command`` ``repeats`` times in every worker, round by round (the order rotates
+    each round), so that a machine whose speed drifts during the run slows every runtime
+    alike; median and best per worker, in ms."""
+    times: dict[str, list[float]] = {w.label: [] for w in workers}
+    for round_ in range(repeats):
+        shift = round_ % len(workers)
+        for w in workers[shift:] + workers[:shift]:
+            times[w.label].append(w.time(command))
+    return {label: {"median_ms": statistics.median(t), "min_ms": min(t)}
+            for label, t in times.items()}
 
 
 def _rows(inputs: dict[str, object]) -> int:
@@ -209,18 +264,6 @@ def _rows(inputs: dict[str, object]) -> int:
         if name in inputs:
             return len(inputs[name])  # type: ignore[arg-type]
     return 0
-
-
-def run_worker(family: str, runtime: str, batch: int, ckpt: Path, art: Path,
-               args: argparse.Namespace, optimization: str = "all") -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", "--family", family, "--runtime", runtime,
-               "--batch", str(batch), "--checkpoint", str(ckpt), "--artifacts", str(art),
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--graph-repeats", str(args.graph_repeats),
-               "--optimization", optimization, "--threads", str(args.threads)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True,
-                         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _graph_rows(
@@ -244,6 +287,61 @@ def _graph_rows(
     return table
 
 
+LEVELS = ("disable", "basic", "extended", "all")  # ORT graph optimisation levels
+
+
+def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str, ...],
+             args: argparse.Namespace) -> dict[str, object]:
+    """Every runtime's worker started, then timed round by round (:func:`interleaved`)."""
+    workers: list[Worker] = []
+    try:
+        for runtime in ("torch", *runtimes):
+            workers.append(Worker(family, runtime, batch, ckpt, art, args))
+        if args.levels:
+            for level in LEVELS[:-1]:  # "all" is the plain onnx worker
+                workers.append(Worker(family, "onnx", batch, ckpt, art, args, level))
+        row: dict[str, object] = {"load_avg": {w.label: w.load_avg for w in workers},
+                                  "interleaved": True}
+        nan = {"median_ms": float("nan")}
+        forward = interleaved(workers, "forward", args.repeats) if args.repeats > 0 else {}
+        torch_ms = forward.get("torch", nan)["median_ms"]
+        row["torch_ms"] = torch_ms
+        for runtime in runtimes:
+            row[f"{runtime}_ms"] = forward.get(runtime, nan)["median_ms"]
+            row[f"{runtime}_speedup"] = torch_ms / row[f"{runtime}_ms"]  # type: ignore[operator]
+        if args.levels:
+            for level in LEVELS:
+                label = "onnx" if level == "all" else f"onnx_{level}"
+                row[f"onnx_{level}_ms"] = forward.get(label, nan)["median_ms"]
+        timed = workers[: 1 + len(runtimes)]
+        if workers[0].graphs:
+            graphs: dict[str, dict[str, dict[str, float]]] = {w.label: {} for w in timed}
+            for graph in workers[0].graphs:
+                times = interleaved(timed, f"graph {graph}", args.graph_repeats or args.repeats)
+                for w in timed:
+                    graphs[w.label][graph] = {**times[w.label], "rows": w.graphs[graph]}
+            row["graphs"] = _graph_rows(graphs, runtimes)  # type: ignore[arg-type]
+        row["load_avg_end"] = os.getloadavg()[0]
+        return row
+    finally:
+        for w in workers:
+            w.close()
+
+
+def _reusable(art: Path, family: str, ckpt: Path, int8: bool) -> list[Path] | None:
+    """The manifests of an earlier export of this checkpoint under ``art``, if complete."""
+    from engines.artifacts import MANIFEST, artifact_dir, read_manifest, weights_sha256
+
+    paths = [artifact_dir(art, family, "bench", p) / MANIFEST
+             for p in (("fp32", "int8") if int8 else ("fp32",))]
+    if not all(p.exists() for p in paths):
+        return None
+    weights = weights_sha256(ckpt)
+    if any(read_manifest(p.parent).weights_sha256 != weights for p in paths):
+        return None
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--families", nargs="*", choices=list(BUILDERS),
@@ -259,8 +357,11 @@ def main() -> None:
                         help="export without ORT's transformer fusions")
     parser.add_argument("--keep", type=Path, help="write checkpoints and artifacts here "
                         "(kept) instead of a temporary directory")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: time the artifacts "
+                        "an earlier run exported from the same checkpoint instead of exporting")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--levels", action="store_true", help="also compare ORT optimisation levels")
+    parser.add_argument("--levels", action="store_true",
+                        help="also compare ORT optimisation levels")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
@@ -289,34 +390,20 @@ def main() -> None:
                 BUILDERS[family_name](ckpt)
             family = default_registry().get(family_name)
             started = time.perf_counter()
-            manifests = export_variant(
-                family, VariantSpec("bench", str(ckpt)),
-                ExportOptions(out=art, quantize=None if args.no_int8 else "int8", images=PHOTOS,
-                              optimize=not args.no_optimize),
-            )
+            manifests = _reusable(art, family_name, ckpt, not args.no_int8) if args.reuse else None
+            if manifests is None:
+                manifests = export_variant(
+                    family, VariantSpec("bench", str(ckpt)),
+                    ExportOptions(out=art, quantize=None if args.no_int8 else "int8",
+                                  images=PHOTOS, optimize=not args.no_optimize),
+                )
             export_s = time.perf_counter() - started
             parity = [json.loads(p.read_text())["parity"] for p in manifests]
             for batch in args.batches:
-                measured = run_worker(family_name, "torch", batch, ckpt, art, args)
-                torch_ms = measured.get("median_ms", float("nan"))
-                row = {"family": family_name, "batch": batch, "torch_ms": torch_ms,
-                       "export_s": round(export_s, 1), "parity_fp32": parity[0],
-                       "parity_int8": parity[1] if len(parity) > 1 else None,
-                       "load_avg": {"torch": measured["load_avg"]}}
-                graphs = {"torch": measured.get("graphs")}
-                for runtime in runtimes:
-                    measured = run_worker(family_name, runtime, batch, ckpt, art, args)
-                    ms = measured.get("median_ms", float("nan"))
-                    row[f"{runtime}_ms"] = ms
-                    row[f"{runtime}_speedup"] = torch_ms / ms
-                    row["load_avg"][runtime] = measured["load_avg"]
-                    graphs[runtime] = measured.get("graphs")
-                if graphs["torch"]:
-                    row["graphs"] = _graph_rows(graphs, runtimes)
-                if args.levels:
-                    for level in ("disable", "basic", "extended", "all"):
-                        ms = run_worker(family_name, "onnx", batch, ckpt, art, args, level)
-                        row[f"onnx_{level}_ms"] = ms["median_ms"]
+                row = {"family": family_name, "batch": batch, "export_s": round(export_s, 1),
+                       "parity_fp32": parity[0],
+                       "parity_int8": parity[1] if len(parity) > 1 else None}
+                row.update(_measure(family_name, batch, ckpt, art, runtimes, args))
                 rows.append(row)
     print(f"\n{'family':<16}{'batch':>6}{'torch ms':>11}{'onnx ms':>10}{'x':>7}"
           f"{'int8 ms':>10}{'x':>7}")

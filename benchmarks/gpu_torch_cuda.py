@@ -81,7 +81,7 @@ def bench_family(name: str, checkpoint: Path, options: Any, batches: list[int],
             out["drift_vs_fp32"][dtype] = compare(reference, results)
         for batch in batches:
             prepared = [pipeline.prepare(images[i % len(images)], options) for i in range(batch)]
-            ms = _timed(lambda: pipeline.forward(prepared, options), repeats)
+            ms = _timed(lambda p=pipeline, b=prepared: p.forward(b, options), repeats)
             out["latency_ms"][f"{dtype}/b{batch}"] = round(ms, 2)
             out["latency_ms"][f"{dtype}/b{batch}/per_image"] = round(ms / batch, 2)
         pipeline.core.close()
@@ -197,7 +197,7 @@ def da3_network(repeats: int) -> dict[str, Any]:
             model = net.to(dtype)
             for batch in (1, 8):
                 xb = x[:batch].to(dtype)
-                ms = _timed(lambda: model(xb), repeats)
+                ms = _timed(lambda m=model, b=xb: m(b), repeats)
                 out["latency_ms"][f"{str(dtype)[6:]}/b{batch}"] = round(ms, 2)
                 out["latency_ms"][f"{str(dtype)[6:]}/b{batch}/per_image"] = round(ms / batch, 2)
             if dtype != torch.float32:
