@@ -297,3 +297,40 @@ def test_exported_graph_follows_the_input_size(checkpoints: dict[str, Path], var
             assert got[name].shape == want[name].shape, name
             error = np.linalg.norm(got[name] - want[name]) / np.linalg.norm(want[name])
             assert error <= 1e-4, (name, error)
+
+
+def _meshgrid_uv_embedding(
+    height: int, width: int, channels: int, aspect: float, like: torch.Tensor
+) -> torch.Tensor:
+    """The reference's UV embedding: sin/cos at every pixel of a meshgrid, permuted."""
+    from engines.families.da3.heads import _centred_grid
+
+    diag = (aspect**2 + 1.0) ** 0.5
+    xs = _centred_grid(width, aspect / diag, like)
+    ys = _centred_grid(height, 1.0 / diag, like)
+    grid_u, grid_v = torch.meshgrid(xs, ys, indexing="xy")
+    omega = 1.0 / 100.0 ** (torch.arange(channels // 4, dtype=torch.float32) / (channels / 4.0))
+
+    def sincos(coords: torch.Tensor) -> torch.Tensor:
+        angles = coords.reshape(-1)[:, None] * omega[None]
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+    embedding = torch.cat((sincos(grid_u), sincos(grid_v)), dim=1).float()
+    return embedding.view(height, width, channels).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("height", "width", "channels"), [(36, 28, 64), (252, 189, 32)])
+def test_separable_uv_embedding_is_bit_identical_to_the_meshgrid_one(
+    dtype: torch.dtype, height: int, width: int, channels: int
+) -> None:
+    from engines.families.da3.heads import uv_embedding, uv_embedding_terms
+
+    like = torch.zeros(1, dtype=dtype)
+    aspect = width / height
+    expected = _meshgrid_uv_embedding(height, width, channels, aspect, like)
+    assert torch.equal(uv_embedding(height, width, channels, aspect, like), expected)
+    x = torch.randn(2, channels, height, width, dtype=dtype)
+    u, v = uv_embedding_terms(height, width, channels, aspect, like)
+    added = x + (0.1 * u).to(dtype) + (0.1 * v).to(dtype)
+    assert torch.equal(added, x + (0.1 * expected).to(dtype))

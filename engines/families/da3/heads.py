@@ -38,13 +38,18 @@ def _centred_grid(steps: Size, half_span: float | Tensor, like: Tensor) -> Tenso
     return (half_span * (2.0 * index + 1.0 - steps) / steps).to(like.dtype)
 
 
-def uv_embedding(
+def uv_embedding_terms(
     height: Size, width: Size, channels: int, aspect: float | Tensor, like: Tensor
-) -> Tensor:
-    """Sinusoidal embedding of a centred UV grid, as a [channels, height, width] tensor.
+) -> tuple[Tensor, Tensor]:
+    """The sinusoidal embedding of a centred UV grid as two broadcastable terms.
 
     The grid spans ±aspect/diag horizontally and ±1/diag vertically (diag = hypot(aspect, 1)),
-    at pixel centres; x and y get ``channels/2`` sin/cos channels each (base 100).
+    at pixel centres; x and y get ``channels/2`` sin/cos channels each (base 100). The
+    reference takes sin/cos at every pixel of a meshgrid; the u half only varies along
+    columns and the v half along rows, so the same values are computed once per column and
+    per row: ``u`` [channels, 1, width] (zero in the v channels) and ``v`` [channels,
+    height, 1] (zero in the u channels). ``u + v`` is the [channels, height, width] embedding,
+    exactly (each element is one term plus zero), and ``x + u + v`` equals ``x + (u + v)``.
 
     Args:
         height: Rows of the feature map.
@@ -65,12 +70,18 @@ def uv_embedding(
         angles = coords[:, None] * omega[None]
         return torch.cat((angles.sin(), angles.cos()), dim=1).float().transpose(0, 1)
 
-    # The reference takes sin/cos of a meshgrid (every pixel); the u half only varies along
-    # columns and the v half along rows, so the same values are computed once per column and
-    # per row and broadcast: sin/cos of H + W points instead of H·W, no permute of the result.
-    u = sincos(xs)[:, None, :].expand(-1, height, -1)
-    v = sincos(ys)[:, :, None].expand(-1, -1, width)
-    return torch.cat((u, v), dim=0)
+    u, v = sincos(xs), sincos(ys)
+    u = torch.cat((u, torch.zeros_like(u[:, :1]).expand_as(u)), dim=0)[:, None, :]
+    v = torch.cat((torch.zeros_like(v[:, :1]).expand_as(v), v), dim=0)[:, :, None]
+    return u, v
+
+
+def uv_embedding(
+    height: Size, width: Size, channels: int, aspect: float | Tensor, like: Tensor
+) -> Tensor:
+    """:func:`uv_embedding_terms` summed: the [channels, height, width] embedding."""
+    u, v = uv_embedding_terms(height, width, channels, aspect, like)
+    return u + v
 
 
 class ResidualConvUnit(nn.Module):
@@ -171,8 +182,9 @@ class DptHead(nn.Module):
     def _add_uv(self, x: Tensor, aspect: float | Tensor) -> Tensor:
         if not self.uses_uv_embedding:
             return x
-        embedding = uv_embedding(*_size(x), x.shape[1], aspect, x)
-        return x + (0.1 * embedding).to(x.dtype)
+        # x + 0.1·embedding as two broadcast additions: no [C, H, W] embedding in memory.
+        u, v = uv_embedding_terms(*_size(x), x.shape[1], aspect, x)
+        return x + (0.1 * u).to(x.dtype) + (0.1 * v).to(x.dtype)
 
     def _pyramid(
         self, features: Sequence[Tensor], grid: tuple[Size, Size], aspect: float | Tensor
