@@ -2,19 +2,22 @@
 
 For each family: write a full-size random checkpoint in the released layout, export it with
 ``vision-api export`` (parity gated, fusions, int8), then time the core forward of each
-runtime in its own process (so their thread pools never meet), batch 1 and 4, after warm-up.
+runtime, batch 1 and 4, after warm-up. Each runtime runs in its own process (so their thread
+pools never meet); the processes stay loaded and are timed round by round, one forward each
+in a rotating order, so that a machine whose speed drifts during the run (seen here: the same
+graph 20 % slower ten minutes later) slows every runtime alike and the ratios stay fair.
 Families split into several graphs (SAM3: vision / text / decoder) also get each graph timed
 on its own, on the inputs the pipeline gave it (the decoder: one image's embedding against
 the parity options' prompts). Prints a table with ratios measured in the same run; ``--json
-PATH`` writes the figures.
+PATH`` writes the figures; ``--keep DIR --reuse`` times an earlier run's artifacts again.
 
     python benchmarks/bench_onnx_vs_torch.py --families dinov3 --repeats 10
     python benchmarks/bench_onnx_vs_torch.py --families grounding-dino --repeats 3 --batches 1
-    python benchmarks/bench_onnx_vs_torch.py --families sam3 --batches 1 --repeats 2 \
-        --graph-repeats 5 --no-int8
+    python benchmarks/bench_onnx_vs_torch.py --families sam3 --batches 1 --repeats 3 \
+        --graph-repeats 3 --warmup 1 --no-int8
 
 SAM3 is not run by default: its full-size export checks parity against a float64 torch
-reference (over an hour on 2 cores) and needs ~14 GB of free memory.
+reference (the longest part of the run) and needs ~14 GB of free memory.
 """
 
 from __future__ import annotations
