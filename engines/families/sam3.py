@@ -514,9 +514,11 @@ class Sam3Family(Family):
             Preprocessing.load(path),
             tokenizer,
             levels=len(config.vision_config.scale_factors) - 1,
-            # ONNX Runtime's CPU provider materialises every global attention matrix (heads ×
-            # 5184² floats, ~1.7 GB per 1008² image, and as much for its softmax) and its arena
-            # keeps the peak: one image per vision call bounds that at no cost in throughput.
+            # Exported without the fused attention (``--no-optimize``), ONNX Runtime's CPU
+            # provider materialises every global attention matrix (heads × 5184² floats,
+            # ~1.7 GB per 1008² image, and as much for its softmax) and its arena keeps the
+            # peak; with it, activations are still ~GBs per image. One image per vision call
+            # bounds that at no cost in throughput (the CPU is saturated by one image).
             images_per_call=1 if on_cpu else IMAGES_PER_CALL,
             warmup_vision=not on_cpu,
             checkpoint_dir=path,
