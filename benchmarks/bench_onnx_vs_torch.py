@@ -198,13 +198,16 @@ def worker(args: argparse.Namespace) -> None:
     graphs = {g: _rows(i) for g, i in graph_inputs.items()} if len(family.graphs) > 1 else {}
     _reply({"ready": True, "graphs": graphs, "load_avg": os.getloadavg()[0]})
     for line in sys.stdin:
-        command, _, name = line.strip().partition(" ")
-        started = time.perf_counter()
-        if command == "forward":
-            pipeline.forward(prepared, options)
-        else:
-            run(name, graph_inputs[name])
-        _reply({"ms": (time.perf_counter() - started) * 1e3, "load_avg": os.getloadavg()[0]})
+        block, command, *name = line.split()
+        times = []
+        for _ in range(1 + int(block)):  # the first call after the pause, then a warm block
+            started = time.perf_counter()
+            if command == "forward":
+                pipeline.forward(prepared, options)
+            else:
+                run(name[0], graph_inputs[name[0]])
+            times.append((time.perf_counter() - started) * 1e3)
+        _reply({"idle_ms": times[0], "ms": times[1:], "load_avg": os.getloadavg()[0]})
 
 
 class Worker:
@@ -226,12 +229,14 @@ class Worker:
         self.graphs: dict[str, int] = ready["graphs"]  # type: ignore[assignment]
         self.load_avg = ready["load_avg"]
 
-    def time(self, command: str) -> float:
-        """Run ``forward`` or ``graph NAME`` once in the worker; its wall time in ms."""
+    def time(self, command: str, block: int) -> tuple[float, list[float]]:
+        """Run ``forward`` or ``graph NAME`` 1 + ``block`` times in the worker, back to back;
+        the wall time in ms of the first call (after idleness) and of each call after it."""
         assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
+        self.process.stdin.write(f"{block} {command}\n")
         self.process.stdin.flush()
-        return float(self._read()["ms"])  # type: ignore[arg-type]
+        reply = self._read()
+        return float(reply["idle_ms"]), list(reply["ms"])  # type: ignore[arg-type, call-overload]
 
     def _read(self) -> dict[str, object]:
         assert self.process.stdout is not None
@@ -248,17 +253,34 @@ class Worker:
         self.log.close()
 
 
-def interleaved(workers: list[Worker], command: str, repeats: int) -> dict[str, dict[str, float]]:
-    """Time ``command`` ``repeats`` times in every worker, round by round (the order rotates
+def interleaved(workers: list[Worker], command: str, repeats: int, block: int = 3,
+                pause_s: float = 0.5) -> dict[str, dict[str, float]]:
+    """Time ``command`` in every worker, round by round (``repeats`` rounds, the order rotating
     each round), so that a machine whose speed drifts during the run slows every runtime
-    alike; median and best per worker, in ms."""
-    times: dict[str, list[float]] = {w.label: [] for w in workers}
+    alike. Per worker, in ms: median and best of the warm calls, and the median of the first
+    calls after ``pause_s`` of idleness (``idle_median_ms``).
+
+    In a round each worker waits ``pause_s`` (the previous worker's thread pool spins for a
+    while after its call returns, ORT's and OpenMP's both, and would share the cores), makes
+    one call after that idleness, then ``block`` warm calls back to back. On this machine the
+    calls after an idle pause run slower for a while (DINOv3 on ORT: ~66 ms for the first two
+    calls after 0.5 s idle, ~50 ms back to back; torch ~70 vs ~61 ms), so the ratios use the
+    warm calls, as a loaded server runs them; the idle figure is reported beside them.
+    """
+    times: dict[str, list[tuple[float, list[float]]]] = {w.label: [] for w in workers}
     for round_ in range(repeats):
         shift = round_ % len(workers)
         for w in workers[shift:] + workers[:shift]:
-            times[w.label].append(w.time(command))
-    return {label: {"median_ms": statistics.median(t), "min_ms": min(t)}
-            for label, t in times.items()}
+            time.sleep(pause_s)
+            times[w.label].append(w.time(command, block))
+    return {
+        label: {
+            "median_ms": statistics.median(ms for _, warm in t for ms in warm),
+            "min_ms": min(ms for _, warm in t for ms in warm),
+            "idle_median_ms": statistics.median(idle for idle, _ in t),
+        }
+        for label, t in times.items()
+    }
 
 
 def _rows(inputs: dict[str, object]) -> int:
@@ -306,9 +328,11 @@ def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str
         row: dict[str, object] = {"load_avg": {w.label: w.load_avg for w in workers},
                                   "interleaved": True}
         nan = {"median_ms": float("nan")}
-        forward = interleaved(workers, "forward", args.repeats) if args.repeats > 0 else {}
+        forward = (interleaved(workers, "forward", args.repeats, args.block, args.pause)
+                   if args.repeats > 0 else {})
         torch_ms = forward.get("torch", nan)["median_ms"]
         row["torch_ms"] = torch_ms
+        row["idle_ms"] = {label: t["idle_median_ms"] for label, t in forward.items()}
         for runtime in runtimes:
             row[f"{runtime}_ms"] = forward.get(runtime, nan)["median_ms"]
             row[f"{runtime}_speedup"] = torch_ms / row[f"{runtime}_ms"]  # type: ignore[operator]
@@ -320,7 +344,8 @@ def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str
         if workers[0].graphs:
             graphs: dict[str, dict[str, dict[str, float]]] = {w.label: {} for w in timed}
             for graph in workers[0].graphs:
-                times = interleaved(timed, f"graph {graph}", args.graph_repeats or args.repeats)
+                times = interleaved(timed, f"graph {graph}", args.graph_repeats or args.repeats,
+                                    args.block, args.pause)
                 for w in timed:
                     graphs[w.label][graph] = {**times[w.label], "rows": w.graphs[graph]}
             row["graphs"] = _graph_rows(graphs, runtimes)  # type: ignore[arg-type]
@@ -349,8 +374,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--families", nargs="*", choices=list(BUILDERS),
                         default=[f for f in BUILDERS if f not in HEAVY])
-    parser.add_argument("--repeats", type=int, default=10,
-                        help="timed whole forwards (0: time the graphs only)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="rounds of timed whole forwards (0: time the graphs only)")
+    parser.add_argument("--block", type=int, default=3,
+                        help="warm calls per worker and round, after its first call")
     parser.add_argument("--graph-repeats", type=int, default=0,
                         help="timed calls per graph of multi-graph families (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -363,6 +390,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="with --keep: time the artifacts "
                         "an earlier run exported from the same checkpoint instead of exporting")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--pause", type=float, default=0.5,
+                        help="seconds between two timed calls (spinning thread pools settle)")
     parser.add_argument("--levels", action="store_true",
                         help="also compare ORT optimisation levels")
     parser.add_argument("--json", type=Path)
@@ -421,6 +450,8 @@ def main() -> None:
                   f"{g.get('onnx-int8_speedup', float('nan')):>7.2f}")
         if r.get("graphs"):
             print("    graphs: ms per call; speed-ups per row (image or prompt)")
+        idle = {k: round(v, 1) for k, v in r.get("idle_ms", {}).items()}
+        print(f"    first call after {args.pause} s idle (ms): {idle}")
         print(f"    load average (1 min) at each worker's start: {r['load_avg']}")
         levels = {level: round(r[f"onnx_{level}_ms"], 1)
                   for level in ("disable", "basic", "extended", "all") if f"onnx_{level}_ms" in r}
