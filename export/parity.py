@@ -89,23 +89,6 @@ def compare(
     return worst
 
 
-def check_parity(
-    family: Family,
-    reference: Pipeline[Any],
-    candidate: Pipeline[Any],
-    image_paths: Sequence[Path],
-    *,
-    enforce_gates: bool = True,
-) -> dict[str, float]:
-    """:func:`compare` ``candidate`` with ``reference`` on the photos (both kept loaded).
-
-    Raises:
-        ParityError: A gate failed or an output was NaN/Inf.
-    """
-    expected = reference_runs(family, reference, image_paths)
-    return compare(family, expected, candidate, enforce_gates=enforce_gates)
-
-
 def failed_gates(
     gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]
 ) -> list[str]:
