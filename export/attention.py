@@ -92,7 +92,8 @@ def fused_attention() -> Iterator[list[int]]:
             )
         # Heads and head size are fixed by the weights; under tracing they come as 0-d tensors.
         heads, head_dim = int(query.shape[1]), int(query.shape[3])
-        if int(key.shape[1]) != heads or int(value.shape[1]) != heads:  # broadcast heads
+        shapes = [(int(x.shape[0]), int(x.shape[1])) for x in (query, key, value)]
+        if len(set(shapes)) > 1:  # batch or heads broadcast: MultiHeadAttention cannot
             return _original_sdpa(query, key, value, scale=scale)
         fused[0] += 1
         scale = float(scale) if scale is not None else head_dim**-0.5
