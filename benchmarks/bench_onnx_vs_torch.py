@@ -8,13 +8,17 @@ in a rotating order, so that a machine whose speed drifts during the run (seen h
 graph 20 % slower ten minutes later) slows every runtime alike and the ratios stay fair.
 Families split into several graphs (SAM3: vision / text / decoder) also get each graph timed
 on its own, on the inputs the pipeline gave it (the decoder: one image's embedding against
-the parity options' prompts). Prints a table with ratios measured in the same run; ``--json
-PATH`` writes the figures; ``--keep DIR --reuse`` times an earlier run's artifacts again.
+the parity options' prompts). In each round a worker waits ``--pause`` seconds (the previous
+worker's spinning threads settle), makes one call reported as "after idle", then ``--block``
+warm calls that the ratios use (see :func:`interleaved`). Prints a table with ratios measured
+in the same run; ``--json PATH`` writes the figures; ``--keep DIR --reuse`` times an earlier
+run's artifacts again.
 
-    python benchmarks/bench_onnx_vs_torch.py --families dinov3 --repeats 10
-    python benchmarks/bench_onnx_vs_torch.py --families grounding-dino --repeats 3 --batches 1
+    python benchmarks/bench_onnx_vs_torch.py --families dinov3 depth-anything --repeats 5
+    python benchmarks/bench_onnx_vs_torch.py --families grounding-dino --batches 1 \
+        --repeats 3 --block 2 --warmup 1
     python benchmarks/bench_onnx_vs_torch.py --families sam3 --batches 1 --repeats 3 \
-        --graph-repeats 3 --warmup 1 --no-int8
+        --graph-repeats 3 --block 1 --warmup 1 --no-int8
 
 SAM3 is not run by default: its full-size export checks parity against a float64 torch
 reference (the longest part of the run) and needs ~14 GB of free memory.
