@@ -5,7 +5,7 @@ For each family: write a full-size random checkpoint in the released layout, exp
 runtime, batch 1 and 4, after warm-up. Each runtime runs in its own process (so their thread
 pools never meet); the processes stay loaded and are timed round by round, one forward each
 in a rotating order, so that a machine whose speed drifts during the run (seen here: the same
-graph 20 % slower ten minutes later) slows every runtime alike and the ratios stay fair.
+graph up to 40 % slower a few minutes later) slows every runtime alike and the ratios stay fair.
 Families split into several graphs (SAM3: vision / text / decoder) also get each graph timed
 on its own, on the inputs the pipeline gave it (the decoder: one image's embedding against
 the parity options' prompts). In each round a worker waits ``--pause`` seconds (the previous
@@ -159,8 +159,8 @@ def worker(args: argparse.Namespace) -> None:
     """Serve timing requests for one runtime in this process (see :class:`Worker`).
 
     Loads the pipeline, warms it up, replies with the graphs it called; then answers
-    ``forward`` (one timed forward of the batch) and ``graph NAME`` (one timed call of a
-    graph on the inputs the pipeline gave it) until stdin closes.
+    ``BLOCK forward`` (1 + BLOCK timed forwards of the batch, back to back) and ``BLOCK graph
+    NAME`` (the same for one graph on the inputs the pipeline gave it) until stdin closes.
     """
     import torch
     from PIL import Image
