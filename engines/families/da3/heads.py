@@ -76,14 +76,6 @@ def uv_embedding_terms(
     return u, v
 
 
-def uv_embedding(
-    height: Size, width: Size, channels: int, aspect: float | Tensor, like: Tensor
-) -> Tensor:
-    """:func:`uv_embedding_terms` summed: the [channels, height, width] embedding."""
-    u, v = uv_embedding_terms(height, width, channels, aspect, like)
-    return u + v
-
-
 class ResidualConvUnit(nn.Module):
     """relu → conv3x3 → relu → conv3x3, plus the input."""
 
