@@ -12,12 +12,25 @@ While :func:`fused_attention` is active, a traced call of ``scaled_dot_product_a
 node (inputs transposed to [B, S, heads·dim], output back to [B, heads, S, dim]); its value
 during the trace is the original function's, so nothing the model computes changes. Any other
 call (a mask, an eager run) goes to the original function.
+
+DINOv3's attention (transformers' ``DINOv3ViTAttention``) gets more: traced as written it
+becomes three projections, per-head transposes, RoPE on the patch tokens through split /
+rotate / concat, and the dynamic shape arithmetic of every ``view`` (about 90 nodes per layer,
+a third of ONNX Runtime's time at 224² and most of its int8 time). While active, its forward is
+recorded as one packed q/k/v projection (the three weight matrices concatenated) followed by
+:class:`_RopeMultiHeadAttention`: RoPE applied to q and k together in [B, S, heads, dim] layout
+(identity rows for the class and register tokens, so no split / concat of tokens), reshapes
+with constant shapes, and one ``MultiHeadAttention`` (about 12 nodes). Same arithmetic: the
+packed projection computes each output column as the separate one did, ``rotate_half(x) * sin``
+is written as ``swap_halves(x) * [-sin₁, sin₂]`` (equal bit for bit), and the prefix tokens are
+multiplied by 1 and added 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -54,6 +67,110 @@ class _MultiHeadAttention(torch.autograd.Function):
         # (the int8 quantiser) write models ONNX Runtime refuses.
         out.setType(query.type().with_sizes([None, None, None]))
         return g.op("Transpose", g.op("Reshape", out, split), perm_i=[0, 2, 1, 3])
+
+
+def rope_tables(
+    cos: torch.Tensor, sin: torch.Tensor, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINOv3's RoPE tables for every token, [tokens, 1, dim] (see :func:`apply_rope`).
+
+    ``cos`` and ``sin`` ([patches, dim]) apply to the patch tokens; the ``prefix`` class and
+    register tokens get the identity (cos 1, sin 0); sin's first half is negated.
+    """
+    dim = cos.shape[-1]
+    half = dim // 2
+    signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=1)
+    cos_all = torch.cat((cos.new_ones(prefix, dim), cos))
+    sin_all = torch.cat((sin.new_zeros(prefix, dim), signed))
+    return cos_all.unsqueeze(1), sin_all.unsqueeze(1)
+
+
+def apply_rope(x: torch.Tensor, cos_all: torch.Tensor, sin_all: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` on [B, S, heads, dim], with :func:`rope_tables`.
+
+    ``rotate_half(x) * sin = [-x₂·s₁, x₁·s₂] = swap_halves(x) * [-s₁, s₂]`` bit for bit, and
+    the prefix rows compute ``x * 1 + swapped * 0 = x``.
+    """
+    first, second = x.chunk(2, dim=-1)
+    return x * cos_all + torch.cat((second, first), dim=-1) * sin_all
+
+
+class _RopeMultiHeadAttention(torch.autograd.Function):
+    """RoPE + attention on packed q/k/v projections, [B, S, 3·heads·dim] -> [B, S, heads·dim].
+
+    Run: :func:`apply_rope` on q and k, then SDPA. Exported: the same RoPE in [B, S, ·] layout
+    with constant-shape reshapes, then ``com.microsoft.MultiHeadAttention``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, qkv: torch.Tensor, cos_all: torch.Tensor, sin_all: torch.Tensor,
+        heads: int, dim: int, scale: float,
+    ) -> torch.Tensor:
+        batch, tokens, _ = qkv.shape
+        q, k, v = qkv.view(batch, tokens, 3, heads, dim).unbind(2)
+        q, k = apply_rope(q, cos_all, sin_all), apply_rope(k, cos_all, sin_all)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        out = _original_sdpa(q, k, v, scale=scale)
+        return out.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+    @staticmethod
+    def symbolic(
+        g: Any, qkv: Any, cos_all: Any, sin_all: Any, heads: int, dim: int, scale: float
+    ) -> Any:
+        half, width = dim // 2, heads * dim
+
+        def ints(*values: int) -> Any:
+            return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+        # q and k rotated together, as [B, S, 2·heads, dim]; tokens are the one -1 of each shape
+        packed = g.op("Reshape", qkv, ints(0, -1, 3 * heads, dim))
+        qk, v = g.op("Split", packed, ints(2 * heads, heads), axis_i=2, outputs=2)
+        first, second = g.op("Split", qk, ints(half, half), axis_i=3, outputs=2)
+        swapped = g.op("Concat", second, first, axis_i=3)
+        rotated = g.op("Add", g.op("Mul", qk, cos_all), g.op("Mul", swapped, sin_all))
+        q, k = g.op("Split", g.op("Reshape", rotated, ints(0, -1, 2 * width)),
+                    ints(width, width), axis_i=2, outputs=2)
+        out = g.op("com.microsoft::MultiHeadAttention", q, k,
+                   g.op("Reshape", v, ints(0, -1, width)), num_heads_i=heads, scale_f=scale)
+        out.setType(qkv.type().with_sizes([None, None, width]))  # see _MultiHeadAttention
+        return out
+
+
+def _dinov3_attention(original: Callable[..., Any], fused: list[int]) -> Callable[..., Any]:
+    """``DINOv3ViTAttention.forward`` traced as a packed projection + fused RoPE attention."""
+    # The model computes cos / sin once per forward and hands the same tensors to every
+    # layer: the tables are traced once for them and shared by all layers' nodes.
+    tables: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def forward(
+        self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if (not torch.jit.is_tracing() or attention_mask is not None
+                or position_embeddings is None or self.training):
+            return original(self, hidden_states, attention_mask, position_embeddings, **kwargs)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                          for p in projections])
+        qkv = F.linear(hidden_states, weight, bias)
+        cos, sin = position_embeddings
+        if id(cos) not in tables:  # the tensor is kept with its tables: its id stays unique
+            tables[id(cos)] = cos, rope_tables(cos, sin, 1 + self.config.num_register_tokens)
+        cos_all, sin_all = tables[id(cos)][1]
+        fused[0] += 1
+        out = _RopeMultiHeadAttention.apply(qkv, cos_all, sin_all, self.num_heads,
+                                            self.head_dim, float(self.scaling))
+        return self.o_proj(out), None
+
+    return forward
+
+
+# module, class: attention forwards replaced while tracing (see the module docstring)
+_ROPE_ATTENTIONS = {
+    "transformers.models.dinov3_vit.modeling_dinov3_vit": "DINOv3ViTAttention",
+}
 
 
 def _fusable(
@@ -99,8 +216,15 @@ def fused_attention() -> Iterator[list[int]]:
         scale = float(scale) if scale is not None else head_dim**-0.5
         return _MultiHeadAttention.apply(query, key, value, heads, scale)
 
+    originals: list[tuple[type, Callable[..., Any]]] = []
+    for module_name, class_name in _ROPE_ATTENTIONS.items():
+        cls = getattr(importlib.import_module(module_name), class_name)
+        originals.append((cls, cls.forward))
+        cls.forward = _dinov3_attention(cls.forward, fused)
     F.scaled_dot_product_attention = sdpa
     try:
         yield fused
     finally:
         F.scaled_dot_product_attention = _original_sdpa
+        for cls, forward in originals:
+            cls.forward = forward

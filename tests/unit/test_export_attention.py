@@ -98,3 +98,74 @@ def test_eager_calls_are_untouched_and_the_function_is_restored() -> None:
     assert fused[0] == 0
     assert F.scaled_dot_product_attention is original
     torch.testing.assert_close(inside, original(q, q, q), rtol=0, atol=0)
+
+
+def test_dinov3_rope_tables_rotate_exactly_as_the_model() -> None:
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+    from export.attention import apply_rope, rope_tables
+
+    torch.manual_seed(0)
+    prefix, patches, heads, dim = 5, 12, 3, 16
+    q, k = torch.randn(2, 2, heads, prefix + patches, dim).unbind(0)  # [B, heads, S, dim]
+    angles = torch.rand(patches, dim // 2) * 6.3
+    cos, sin = torch.cos(angles).tile(2), torch.sin(angles).tile(2)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    cos_all, sin_all = rope_tables(cos, sin, prefix)
+    for x, expected in ((q, expected_q), (k, expected_k)):
+        got = apply_rope(x.transpose(1, 2), cos_all, sin_all).transpose(1, 2)  # [B, S, heads, dim]
+        assert torch.equal(got, expected)  # bit for bit
+
+
+def _tiny_dinov3() -> torch.nn.Module:
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, patch_size=16, num_register_tokens=4,
+                             key_bias=False)
+    model = DINOv3ViTModel(config).eval()
+    with torch.no_grad():  # unit-variance class/register tokens: see bench_onnx_vs_torch.py
+        for name, param in model.embeddings.named_parameters():
+            if "token" in name:
+                param.normal_()
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=pixel_values).last_hidden_state
+
+    return Tokens().eval()
+
+
+def test_dinov3_attention_exports_as_packed_projection_and_fused_attention(
+    tmp_path: Path,
+) -> None:
+    module = _tiny_dinov3()
+    path = tmp_path / "dinov3.onnx"
+    axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
+    with torch.no_grad(), fused_attention() as fused:
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
+                          input_names=["pixel_values"], output_names=["out"],
+                          dynamic_axes=axes, opset_version=18)
+    assert fused[0] == 2
+    ops = _op_types(path)
+    # Per layer one q/k/v product, the output projection and the two MLP products; RoPE
+    # without the per-head transposes or the token split/concat of the model's code.
+    assert ops.count("MultiHeadAttention") == 2 and ops.count("MatMul") == 2 * 4
+    assert "Softmax" not in ops and ops.count("Transpose") <= 1  # the patch embedding's
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # Other batches and sizes than the example: the RoPE tables follow the patch grid.
+    for shape in [(1, 3, 64, 96), (3, 3, 128, 32), (1, 3, 224, 224)]:
+        x = torch.randn(*shape)
+        (got,) = session.run(None, {"pixel_values": x.numpy()})
+        with torch.no_grad():
+            expected = module(x).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    # Outside the export the model runs its own code again.
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTAttention
+
+    assert DINOv3ViTAttention.forward.__qualname__.startswith("DINOv3ViTAttention")
