@@ -18,12 +18,13 @@ becomes three projections, per-head transposes, RoPE on the patch tokens through
 rotate / concat, and the dynamic shape arithmetic of every ``view`` (about 90 nodes per layer,
 a third of ONNX Runtime's time at 224² and most of its int8 time). While active, its forward is
 recorded as one packed q/k/v projection (the three weight matrices concatenated) followed by
-:class:`_RopeMultiHeadAttention`: RoPE applied to q and k together in [B, S, heads, dim] layout
-(identity rows for the class and register tokens, so no split / concat of tokens), reshapes
-with constant shapes, and one ``MultiHeadAttention`` (about 12 nodes). Same arithmetic: the
-packed projection computes each output column as the separate one did, ``rotate_half(x) * sin``
-is written as ``swap_halves(x) * [-sin₁, sin₂]`` (equal bit for bit), and the prefix tokens are
-multiplied by 1 and added 0.
+:class:`_RopeMultiHeadAttention`: q and k rotated together by one ``RotaryEmbedding`` whose
+caches give the class and register tokens the identity (no split / concat of tokens), then one
+``MultiHeadAttention``: 6 nodes a layer instead of about 90. Same arithmetic: the packed
+projection computes each output column as the separate one did, and ``RotaryEmbedding``
+computes ``x₁·cos − x₂·sin, x₂·cos + x₁·sin``, which is ``x·cos + rotate_half(x)·sin`` for
+DINOv3's tables (each row's second half repeats its first; checked on the traced values, else
+the model's own code is traced).
 """
 
 from __future__ import annotations
@@ -72,67 +73,67 @@ class _MultiHeadAttention(torch.autograd.Function):
 def rope_tables(
     cos: torch.Tensor, sin: torch.Tensor, prefix: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DINOv3's RoPE tables for every token, [tokens, 1, dim] (see :func:`apply_rope`).
+    """DINOv3's RoPE as ``RotaryEmbedding`` caches: [tokens, dim / 2] each.
 
-    ``cos`` and ``sin`` ([patches, dim]) apply to the patch tokens; the ``prefix`` class and
-    register tokens get the identity (cos 1, sin 0); sin's first half is negated.
+    ``cos`` and ``sin`` ([patches, dim], each row two copies of its first half, as DINOv3
+    builds them) apply to the patch tokens; the ``prefix`` class and register tokens get the
+    identity (cos 1, sin 0).
     """
-    dim = cos.shape[-1]
-    half = dim // 2
-    signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=1)
-    cos_all = torch.cat((cos.new_ones(prefix, dim), cos))
-    sin_all = torch.cat((sin.new_zeros(prefix, dim), signed))
-    return cos_all.unsqueeze(1), sin_all.unsqueeze(1)
+    half = cos.shape[-1] // 2
+    cos_cache = torch.cat((cos.new_ones(prefix, half), cos[:, :half]))
+    sin_cache = torch.cat((sin.new_zeros(prefix, half), sin[:, :half]))
+    return cos_cache, sin_cache
 
 
-def apply_rope(x: torch.Tensor, cos_all: torch.Tensor, sin_all: torch.Tensor) -> torch.Tensor:
-    """``x * cos + rotate_half(x) * sin`` on [B, S, heads, dim], with :func:`rope_tables`.
+def apply_rope(x: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` on [B, S, heads, dim], from :func:`rope_tables`.
 
-    ``rotate_half(x) * sin = [-x₂·s₁, x₁·s₂] = swap_halves(x) * [-s₁, s₂]`` bit for bit, and
-    the prefix rows compute ``x * 1 + swapped * 0 = x``.
+    ``rotate_half(x) * sin = [-x₂·s, x₁·s] = swap_halves(x) * [-s, s]`` bit for bit, and the
+    prefix rows compute ``x * 1 + swapped * 0 = x``.
     """
+    cos = torch.cat((cos_cache, cos_cache), dim=-1).unsqueeze(1)
+    sin = torch.cat((-sin_cache, sin_cache), dim=-1).unsqueeze(1)
     first, second = x.chunk(2, dim=-1)
-    return x * cos_all + torch.cat((second, first), dim=-1) * sin_all
+    return x * cos + torch.cat((second, first), dim=-1) * sin
 
 
 class _RopeMultiHeadAttention(torch.autograd.Function):
     """RoPE + attention on packed q/k/v projections, [B, S, 3·heads·dim] -> [B, S, heads·dim].
 
-    Run: :func:`apply_rope` on q and k, then SDPA. Exported: the same RoPE in [B, S, ·] layout
-    with constant-shape reshapes, then ``com.microsoft.MultiHeadAttention``.
+    Run: :func:`apply_rope` on q and k, then SDPA. Exported: q and k rotated together by one
+    ``com.microsoft.RotaryEmbedding`` (the caches of :func:`rope_tables`), then
+    ``com.microsoft.MultiHeadAttention``, with constant-size splits and no transposes.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, qkv: torch.Tensor, cos_all: torch.Tensor, sin_all: torch.Tensor,
+        ctx: Any, qkv: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
         heads: int, dim: int, scale: float,
     ) -> torch.Tensor:
         batch, tokens, _ = qkv.shape
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).unbind(2)
-        q, k = apply_rope(q, cos_all, sin_all), apply_rope(k, cos_all, sin_all)
+        q, k = apply_rope(q, cos_cache, sin_cache), apply_rope(k, cos_cache, sin_cache)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))
         out = _original_sdpa(q, k, v, scale=scale)
         return out.transpose(1, 2).reshape(batch, tokens, heads * dim)
 
     @staticmethod
     def symbolic(
-        g: Any, qkv: Any, cos_all: Any, sin_all: Any, heads: int, dim: int, scale: float
+        g: Any, qkv: Any, cos_cache: Any, sin_cache: Any, heads: int, dim: int, scale: float
     ) -> Any:
-        half, width = dim // 2, heads * dim
+        width = heads * dim
 
         def ints(*values: int) -> Any:
             return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
 
-        # q and k rotated together, as [B, S, 2·heads, dim]; tokens are the one -1 of each shape
-        packed = g.op("Reshape", qkv, ints(0, -1, 3 * heads, dim))
-        qk, v = g.op("Split", packed, ints(2 * heads, heads), axis_i=2, outputs=2)
-        first, second = g.op("Split", qk, ints(half, half), axis_i=3, outputs=2)
-        swapped = g.op("Concat", second, first, axis_i=3)
-        rotated = g.op("Add", g.op("Mul", qk, cos_all), g.op("Mul", swapped, sin_all))
-        q, k = g.op("Split", g.op("Reshape", rotated, ints(0, -1, 2 * width)),
-                    ints(width, width), axis_i=2, outputs=2)
-        out = g.op("com.microsoft::MultiHeadAttention", q, k,
-                   g.op("Reshape", v, ints(0, -1, width)), num_heads_i=heads, scale_f=scale)
+        qk, v = g.op("Split", qkv, ints(2 * width, width), axis_i=2, outputs=2)
+        # position_ids [1] is the start offset: token s reads row s of the caches
+        rotated = g.op("com.microsoft::RotaryEmbedding", qk, ints(0), cos_cache, sin_cache,
+                       num_heads_i=2 * heads, interleaved_i=0)
+        rotated.setType(qkv.type().with_sizes([None, None, 2 * width]))
+        q, k = g.op("Split", rotated, ints(width, width), axis_i=2, outputs=2)
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads,
+                   scale_f=scale)
         out.setType(qkv.type().with_sizes([None, None, width]))  # see _MultiHeadAttention
         return out
 
@@ -140,31 +141,41 @@ class _RopeMultiHeadAttention(torch.autograd.Function):
 def _dinov3_attention(original: Callable[..., Any], fused: list[int]) -> Callable[..., Any]:
     """``DINOv3ViTAttention.forward`` traced as a packed projection + fused RoPE attention."""
     # The model computes cos / sin once per forward and hands the same tensors to every
-    # layer: the tables are traced once for them and shared by all layers' nodes.
+    # layer: the caches are traced once for them and shared by all layers' nodes.
     tables: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def forward(
         self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
-        if (not torch.jit.is_tracing() or attention_mask is not None
-                or position_embeddings is None or self.training):
+        cos, sin = position_embeddings if position_embeddings is not None else (None, None)
+        if (not torch.jit.is_tracing() or attention_mask is not None or cos is None
+                or sin is None or self.training or not _halves_repeat(cos, sin)):
             return original(self, hidden_states, attention_mask, position_embeddings, **kwargs)
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
                           for p in projections])
         qkv = F.linear(hidden_states, weight, bias)
-        cos, sin = position_embeddings
-        if id(cos) not in tables:  # the tensor is kept with its tables: its id stays unique
+        if id(cos) not in tables:  # the tensor is kept with its caches: its id stays unique
             tables[id(cos)] = cos, rope_tables(cos, sin, 1 + self.config.num_register_tokens)
-        cos_all, sin_all = tables[id(cos)][1]
+        cos_cache, sin_cache = tables[id(cos)][1]
         fused[0] += 1
-        out = _RopeMultiHeadAttention.apply(qkv, cos_all, sin_all, self.num_heads,
+        out = _RopeMultiHeadAttention.apply(qkv, cos_cache, sin_cache, self.num_heads,
                                             self.head_dim, float(self.scaling))
         return self.o_proj(out), None
 
     return forward
+
+
+def _halves_repeat(cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether every row of ``cos`` and ``sin`` is its first half twice.
+
+    That is what ``RotaryEmbedding``'s half-width caches can express.
+    """
+    half = cos.shape[-1] // 2
+    return bool(torch.equal(cos[..., :half], cos[..., half:])
+                and torch.equal(sin[..., :half], sin[..., half:]))
 
 
 # module, class: attention forwards replaced while tracing (see the module docstring)

@@ -111,9 +111,10 @@ def test_dinov3_rope_tables_rotate_exactly_as_the_model() -> None:
     angles = torch.rand(patches, dim // 2) * 6.3
     cos, sin = torch.cos(angles).tile(2), torch.sin(angles).tile(2)
     expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
-    cos_all, sin_all = rope_tables(cos, sin, prefix)
+    cos_cache, sin_cache = rope_tables(cos, sin, prefix)
+    assert cos_cache.shape == (prefix + patches, dim // 2)
     for x, expected in ((q, expected_q), (k, expected_k)):
-        got = apply_rope(x.transpose(1, 2), cos_all, sin_all).transpose(1, 2)  # [B, S, heads, dim]
+        got = apply_rope(x.transpose(1, 2), cos_cache, sin_cache).transpose(1, 2)
         assert torch.equal(got, expected)  # bit for bit
 
 
@@ -153,9 +154,10 @@ def test_dinov3_attention_exports_as_packed_projection_and_fused_attention(
                           dynamic_axes=axes, opset_version=18)
     assert fused[0] == 2
     ops = _op_types(path)
-    # Per layer one q/k/v product, the output projection and the two MLP products; RoPE
-    # without the per-head transposes or the token split/concat of the model's code.
+    # Per layer one q/k/v product, the output projection and the two MLP products; RoPE as
+    # one node, without the per-head transposes or the token split/concat of the model's code.
     assert ops.count("MultiHeadAttention") == 2 and ops.count("MatMul") == 2 * 4
+    assert ops.count("RotaryEmbedding") == 2
     assert "Softmax" not in ops and ops.count("Transpose") <= 1  # the patch embedding's
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # Other batches and sizes than the example: the RoPE tables follow the patch grid.
