@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -178,9 +179,45 @@ def _halves_repeat(cos: torch.Tensor, sin: torch.Tensor) -> bool:
                 and torch.equal(sin[..., :half], sin[..., half:]))
 
 
-# module, class: attention forwards replaced while tracing (see the module docstring)
-_ROPE_ATTENTIONS = {
-    "transformers.models.dinov3_vit.modeling_dinov3_vit": "DINOv3ViTAttention",
+def dinov3_rope(module: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``DINOv3ViTRopePositionEmbedding.forward`` (inference) with ``cat`` for ``tile``.
+
+    The legacy exporter writes ``angles.tile(2)`` with two ``If`` nodes (rank padding), which
+    ONNX Runtime's symbolic shape inference cannot follow: the transformer optimiser then skips
+    its shape-checked fusions (``SkipLayerNormalization``). ``cat((angles, angles))`` is the
+    same tensor.
+    """
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import (
+        get_patches_center_coordinates,
+    )
+
+    _, _, height, width = pixel_values.shape
+    patch = module.config.patch_size
+    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+    coords = get_patches_center_coordinates(height // patch_h, width // patch_w,
+                                            dtype=torch.float32, device=pixel_values.device)
+    angles = 2 * math.pi * coords[:, :, None] * module.inv_freq[None, None, :]
+    angles = angles.flatten(1, 2)
+    angles = torch.cat((angles, angles), dim=-1)
+    dtype = pixel_values.dtype
+    return torch.cos(angles).to(dtype=dtype), torch.sin(angles).to(dtype=dtype)
+
+
+def _dinov3_rope_embedding(original: Callable[..., Any], fused: list[int]) -> Callable[..., Any]:
+    def forward(self: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_tracing() or self.training:
+            return original(self, pixel_values)
+        return dinov3_rope(self, pixel_values)
+
+    return forward
+
+
+# (module, class) -> wrapper of its forward, replaced while tracing (see the module docstring)
+_TRACED_FORWARDS: dict[tuple[str, str], Callable[..., Callable[..., Any]]] = {
+    ("transformers.models.dinov3_vit.modeling_dinov3_vit", "DINOv3ViTAttention"):
+        _dinov3_attention,
+    ("transformers.models.dinov3_vit.modeling_dinov3_vit", "DINOv3ViTRopePositionEmbedding"):
+        _dinov3_rope_embedding,
 }
 
 
@@ -228,10 +265,10 @@ def fused_attention() -> Iterator[list[int]]:
         return _MultiHeadAttention.apply(query, key, value, heads, scale)
 
     originals: list[tuple[type, Callable[..., Any]]] = []
-    for module_name, class_name in _ROPE_ATTENTIONS.items():
+    for (module_name, class_name), wrapper in _TRACED_FORWARDS.items():
         cls = getattr(importlib.import_module(module_name), class_name)
         originals.append((cls, cls.forward))
-        cls.forward = _dinov3_attention(cls.forward, fused)
+        cls.forward = wrapper(cls.forward, fused)
     F.scaled_dot_product_attention = sdpa
     try:
         yield fused

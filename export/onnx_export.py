@@ -257,14 +257,21 @@ def _optimize(path: Path, graph: OnnxGraph, options: ExportOptions) -> tuple[boo
     graph's on the example inputs.
     """
     import onnxruntime as ort
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    fusions_wanted = FusionOptions("vit")
+    # Measured on the CPU provider: DINOv3's 24 SkipLayerNormalization nodes took 7.2 ms where
+    # the residual Add + LayerNormalization they replace took ~2.7 ms (ORT 1.32).
+    fusions_wanted.enable_skip_layer_norm = False
+    fusions_wanted.enable_bias_skip_layer_norm = False
     try:
         optimized = optimize_model(
             str(path),
             model_type="vit",
             num_heads=0,
             hidden_size=0,
+            optimization_options=fusions_wanted,
             opt_level=0,
             only_onnxruntime=False,
         )
