@@ -163,6 +163,68 @@ def _traced_spatial_shapes(forward: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def deformable_attention_by_level(
+    value: torch.Tensor,
+    value_spatial_shapes_list: list[tuple[Any, Any]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention with the weighted sum taken level by level.
+
+    transformers' ``MultiScaleDeformableAttention`` stacks every level's bilinear samples into
+    one [B·heads, dim, queries, levels·points] tensor, then weights and sums it. Exported, the
+    stack is a ``Concat`` along an inner axis that ONNX Runtime copies in 16-byte pieces: ~290
+    MB per encoder layer at 800×1066, 100-320 ms each on a 2-core CPU, 12 % of the whole
+    forward. Here each level's samples are weighted and summed as they come and the levels
+    added: the same sum in another order (float rounding differs, ~1e-7 relative).
+
+    Args:
+        value: [B, tokens, heads, dim], the levels' tokens one after the other.
+        value_spatial_shapes_list: (height, width) of each level.
+        sampling_locations: [B, queries, heads, levels, points, 2] in [0, 1].
+        attention_weights: [B, queries, heads, levels, points].
+
+    Returns:
+        [B, queries, heads·dim].
+    """
+    batch, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    values = value.split([h * w for h, w in value_spatial_shapes_list], dim=1)
+    grids = 2 * sampling_locations - 1
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
+    output = None
+    for level, (height, width) in enumerate(value_spatial_shapes_list):
+        value_l = values[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, height,
+                                                                    width)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled = torch.nn.functional.grid_sample(value_l, grid_l, mode="bilinear",
+                                                  padding_mode="zeros", align_corners=False)
+        term = (sampled * weights[:, :, :, level]).sum(-1)  # [B·heads, dim, queries]
+        output = term if output is None else output + term
+    assert output is not None
+    return output.view(batch, heads * dim, queries).transpose(1, 2).contiguous()
+
+
+def _deformable_attention_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Trace ``MultiScaleDeformableAttention.forward`` as :func:`deformable_attention_by_level`.
+
+    Outside a trace the model's own code runs (eager results stay bit-identical).
+    """
+
+    @functools.wraps(forward)
+    def run(self: Any, value: torch.Tensor, value_spatial_shapes: torch.Tensor,
+            value_spatial_shapes_list: list[tuple[Any, Any]], level_start_index: torch.Tensor,
+            sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
+            im2col_step: int) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            return forward(self, value, value_spatial_shapes, value_spatial_shapes_list,
+                           level_start_index, sampling_locations, attention_weights, im2col_step)
+        return deformable_attention_by_level(value, value_spatial_shapes_list,
+                                             sampling_locations, attention_weights)
+
+    return run
+
+
 def _replacements() -> dict[str, dict[str, Any]]:
     """Per module, attribute (``Class.method`` for methods) → replacement."""
     replacements: dict[str, dict[str, Any]] = {
@@ -185,6 +247,11 @@ def _replacements() -> dict[str, dict[str, Any]]:
         if attention is not None:
             entry[f"{prefix}MultiscaleDeformableAttention.forward"] = _traced_spatial_shapes(
                 attention.forward
+            )
+        kernel = getattr(module, "MultiScaleDeformableAttention", None)
+        if kernel is not None and "MultiScaleDeformableAttention" in vars(module):
+            entry["MultiScaleDeformableAttention.forward"] = _deformable_attention_forward(
+                kernel.forward
             )
         replacements[module_name] = entry
     return replacements

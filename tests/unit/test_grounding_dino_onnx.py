@@ -20,7 +20,7 @@ from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
 from export.parity import default_images, failed_gates
-from export.patches import export_patches, special_token_masks
+from export.patches import deformable_attention_by_level, export_patches, special_token_masks
 from tests.conftest import ASSETS
 
 PHOTOS = ("chelsea.jpg", "camera.png", "astronaut.png", "rocket.jpg")
@@ -89,13 +89,36 @@ def test_patches_are_undone_after_the_block() -> None:
     def current() -> tuple[Any, ...]:
         return (gd.generate_masks_with_special_tokens_and_transfer_map, swin.SwinLayer.forward,
                 swin.SwinPatchMerging.maybe_pad, swin.SwinPatchEmbeddings.maybe_pad,
-                gd.GroundingDinoMultiscaleDeformableAttention.forward)
+                gd.GroundingDinoMultiscaleDeformableAttention.forward,
+                gd.MultiScaleDeformableAttention.forward)
 
     before = current()
     with export_patches():
         assert gd.generate_masks_with_special_tokens_and_transfer_map is special_token_masks
         assert all(a is not b for a, b in zip(current(), before, strict=True))
     assert current() == before
+
+
+def test_deformable_attention_by_level_equals_the_stacked_sum() -> None:
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        MultiScaleDeformableAttention,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(20, 27), (10, 14), (5, 7), (3, 4)]
+    for batch, queries, heads, dim, points in [(1, 900, 8, 32, 4), (2, 50, 2, 8, 3)]:
+        tokens = sum(h * w for h, w in shapes)
+        value = torch.randn(batch, tokens, heads, dim, generator=generator)
+        # a margin outside [0, 1]: zero padding at the borders counts too
+        locations = torch.rand(batch, queries, heads, len(shapes), points, 2,
+                               generator=generator) * 1.2 - 0.1
+        weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
+        weights = weights / weights.sum((-1, -2), keepdim=True)
+        expected = MultiScaleDeformableAttention()(
+            value, torch.tensor(shapes), shapes, None, locations, weights, 64)
+        got = deformable_attention_by_level(value, shapes, locations, weights)
+        assert got.shape == expected.shape == (batch, queries, heads * dim)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (213, 320), (230, 311), (225, 227)])
