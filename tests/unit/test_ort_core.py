@@ -1,0 +1,47 @@
+"""OrtCore's session settings, on a one-node graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from engines.artifacts import GraphInfo, Manifest, TensorInfo
+from engines.onnx_runtime import OrtCore, OrtOptions
+
+
+def _scale_graph(directory: Path) -> Manifest:
+    """``y = x * 0.5``: a subnormal x gives a subnormal y unless subnormals are flushed."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "half"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+              str(directory / "scale.onnx"))
+    info = GraphInfo(name="scale", file="scale.onnx",
+                     inputs=[TensorInfo(name="x", dtype="float32", shape=["n"])],
+                     outputs=[TensorInfo(name="y", dtype="float32", shape=["n"])])
+    return Manifest(model_type="test", variant="scale", source="-", weights_sha256="0" * 64,
+                    precision="fp32", graphs=[info], opset=18, exporter="onnx.helper",
+                    versions={}, parity={}, gates={}, created_at="-")
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_subnormals_are_flushed_on_the_cpu_provider_unless_disabled(
+    tmp_path: Path, flush: bool
+) -> None:
+    core = OrtCore(tmp_path, _scale_graph(tmp_path),
+                   OrtOptions(providers=("cpu",), intra_op_threads=1, denormals_as_zero=flush))
+    x = np.array([1e-39, 3e-39, 1.0, -2.0], np.float32)  # two subnormals, two normals
+    (y,) = core.run("scale", {"x": x}).values()
+    np.testing.assert_array_equal(y[2:], [0.5, -1.0])
+    if flush:
+        assert not y[:2].any()
+    else:
+        np.testing.assert_array_equal(y[:2], x[:2] * np.float32(0.5))
+    core.close()
