@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -182,3 +183,24 @@ def test_dinov3_rope_without_tile_is_the_same_tensor() -> None:
         x = torch.randn(*shape)
         for got, expected in zip(dinov3_rope(rope, x), rope(x), strict=True):
             assert torch.equal(got, expected)
+
+
+def test_dinov3_rope_tables_rotary_cannot_express_keep_the_models_code(tmp_path: Path) -> None:
+    module = _tiny_dinov3()
+
+    def distinct_halves(_: torch.nn.Module, __: Any, tables: tuple[torch.Tensor, ...]) -> Any:
+        cos, sin = tables
+        return cos, torch.cat((sin[:, :8], sin[:, 8:] * 0.5), dim=-1)
+
+    module.model.rope_embeddings.register_forward_hook(distinct_halves)
+    path = tmp_path / "dinov3.onnx"
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), fused_attention():
+        torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["pixel_values"],
+                          output_names=["out"], opset_version=18)
+    assert "RotaryEmbedding" not in _op_types(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = module(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"pixel_values": x.numpy()})[0], expected,
+                               atol=1e-4, rtol=1e-4)
