@@ -8,8 +8,9 @@ binding; CPU uses as many intra-op threads as the process is given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ class OrtOptions:
             provider's threads. MLAS slows down ~6x on subnormal inputs: GroundingDINO's
             shifted-window Swin blocks (masked scores of -100 give e^-100 probabilities) ran
             their output projection at 14 GFLOP/s, 350 ms of a 6.8 s forward; torch (oneDNN)
-            was unaffected. Values that small carry nothing for these models.
+            was unaffected. Values that small carry nothing for these models. Applied to the
+            session's pool threads and, for each run, to the calling thread.
     """
 
     device: str = "cpu"
@@ -54,6 +56,25 @@ class OrtOptions:
     optimization: str = "all"
     trt_cache_dir: Path = Path("artifacts/.trt-cache")
     denormals_as_zero: bool = True
+
+
+@contextlib.contextmanager
+def _calling_thread_denormals(flush: bool) -> Iterator[None]:
+    """Flush subnormals (or not) on the calling thread for the duration of one CPU run.
+
+    ORT applies ``session.set_denormal_as_zero`` to each session's own pool threads, but to
+    the thread that calls ``run`` (which computes its share of every parallel loop) only
+    through the first session the process creates, on the thread that creates it. The server
+    loads sessions on one thread and runs them on another, so the flag is set here, and
+    cleared afterwards (the process default), so torch on the same thread is unaffected.
+    """
+    import torch
+
+    torch.set_flush_denormal(flush)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def select_providers(options: OrtOptions) -> list[str | tuple[str, dict[str, Any]]]:
@@ -172,7 +193,8 @@ class OrtCore:
         names = [o.name for o in session.get_outputs()]
         if self._use_binding:
             return self._run_bound(session, feed, names)
-        return dict(zip(names, session.run(names, feed), strict=True))
+        with _calling_thread_denormals(self.options.denormals_as_zero):
+            return dict(zip(names, session.run(names, feed), strict=True))
 
     def _run_bound(self, session: Any, feed: Mapping[str, np.ndarray], names: list[str]) -> Arrays:
         import onnxruntime as ort

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,34 @@ def _scale_graph(directory: Path) -> Manifest:
 
 
 @pytest.mark.parametrize("flush", [True, False])
+@pytest.mark.parametrize("in_another_thread", [False, True])
 def test_subnormals_are_flushed_on_the_cpu_provider_unless_disabled(
-    tmp_path: Path, flush: bool
+    tmp_path: Path, flush: bool, in_another_thread: bool
 ) -> None:
+    # Built on this thread; run here or on another thread, as the server runs a session
+    # on its compute thread after loading it elsewhere.
     core = OrtCore(tmp_path, _scale_graph(tmp_path),
                    OrtOptions(providers=("cpu",), intra_op_threads=1, denormals_as_zero=flush))
     x = np.array([1e-39, 3e-39, 1.0, -2.0], np.float32)  # two subnormals, two normals
-    (y,) = core.run("scale", {"x": x}).values()
+    if in_another_thread:
+        with ThreadPoolExecutor(1) as pool:
+            (y,) = pool.submit(core.run, "scale", {"x": x}).result().values()
+    else:
+        (y,) = core.run("scale", {"x": x}).values()
     np.testing.assert_array_equal(y[2:], [0.5, -1.0])
     if flush:
         assert not y[:2].any()
     else:
         np.testing.assert_array_equal(y[:2], x[:2] * np.float32(0.5))
+    core.close()
+
+
+def test_torch_on_the_same_thread_keeps_subnormals_after_a_run(tmp_path: Path) -> None:
+    import torch
+
+    core = OrtCore(tmp_path, _scale_graph(tmp_path),
+                   OrtOptions(providers=("cpu",), intra_op_threads=1))
+    core.run("scale", {"x": np.ones(2, np.float32)})
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert (tiny * 0.5).item() != 0.0
     core.close()
