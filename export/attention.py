@@ -15,8 +15,8 @@ call (a mask, an eager run) goes to the original function.
 
 DINOv3's attention (transformers' ``DINOv3ViTAttention``) gets more: traced as written it
 becomes three projections, per-head transposes, RoPE on the patch tokens through split /
-rotate / concat, and the dynamic shape arithmetic of every ``view`` (about 90 nodes per layer,
-a third of ONNX Runtime's time at 224² and most of its int8 time). While active, its forward is
+rotate / concat, and the dynamic shape arithmetic of every ``view`` (about 90 nodes per layer;
+in the int8 graph this glue cost as much as the matrix products). While active, its forward is
 recorded as one packed q/k/v projection (the three weight matrices concatenated) followed by
 :class:`_RopeMultiHeadAttention`: q and k rotated together by one ``RotaryEmbedding`` whose
 caches give the class and register tokens the identity (no split / concat of tokens), then one
@@ -239,6 +239,8 @@ def _fusable(
 @contextlib.contextmanager
 def fused_attention() -> Iterator[list[int]]:
     """Record plain SDPA calls as ``MultiHeadAttention`` while active.
+
+    DINOv3's attention and RoPE table forwards are replaced as well (module docstring).
 
     Yields:
         A one-element list: how many calls were fused (read it after the block).
