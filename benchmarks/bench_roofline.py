@@ -15,7 +15,7 @@ measures, in one run:
   could have over torch if it ran all of that work at the measured peak (the bound).
 
     python benchmarks/bench_roofline.py --families dinov3 \
-        --timings results/onnx_vs_torch_session3.json --keep /tmp/bench-onnx
+        --keep DIR --timings results/onnx_vs_torch_session3.json
 
 Each measurement runs in its own process (no thread pools meet), interleaved in rounds.
 """
@@ -140,8 +140,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="*", default=[])
-    parser.add_argument("--keep", type=Path, default=Path("/tmp/bench-onnx"),
-                        help="bench_onnx_vs_torch.py's --keep directory (the checkpoints)")
+    parser.add_argument("--keep", type=Path,
+                        help="bench_onnx_vs_torch.py's --keep directory (its checkpoints); "
+                             "needed with --families")
     parser.add_argument("--timings", type=Path, nargs="*", default=[],
                         help="bench_onnx_vs_torch.py's --json outputs, for the fractions of peak")
     parser.add_argument("--rounds", type=int, default=3)
@@ -164,6 +165,8 @@ def main() -> None:
             print(json.dumps(flops_worker(args.family, args.checkpoint)))
         return
 
+    if args.families and args.keep is None:
+        parser.error("--families needs --keep (bench_onnx_vs_torch.py --keep DIR)")
     runtimes = ("torch", "onnx", "onnx-int8")
     samples: dict[str, dict[str, list[float]]] = {}
     for round_ in range(args.rounds):
