@@ -64,3 +64,55 @@ def test_torch_on_the_same_thread_keeps_subnormals_after_a_run(tmp_path: Path) -
     tiny = torch.tensor([1e-39], dtype=torch.float32)
     assert (tiny * 0.5).item() != 0.0
     core.close()
+
+
+def test_a_gpu_request_on_a_cpu_only_build_runs_on_the_cpu_provider(tmp_path: Path) -> None:
+    core = OrtCore(tmp_path, _scale_graph(tmp_path), OrtOptions(device="cuda:0"))
+    assert core.providers == ["CPUExecutionProvider"]
+    assert core.active_providers == ["CPUExecutionProvider"]
+    (y,) = core.run("scale", {"x": np.array([2.0], np.float32)}).values()
+    np.testing.assert_array_equal(y, [1.0])
+    core.close()
+
+
+@pytest.fixture
+def gpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider list of onnxruntime-gpu with TensorRT (that build cannot be installed on
+    this CPU machine; only the choice made from its list is tested)."""
+    import onnxruntime as ort
+
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+
+
+@pytest.mark.usefixtures("gpu_build")
+def test_providers_in_order_tensorrt_cuda_cpu_with_an_engine_cache_per_gpu(
+    tmp_path: Path,
+) -> None:
+    from engines.onnx_runtime import select_providers
+
+    chosen = select_providers(OrtOptions(device="cuda:1", trt_cache_dir=tmp_path / "trt"))
+    assert [p if isinstance(p, str) else p[0] for p in chosen] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt, cuda = chosen[0][1], chosen[1][1]  # type: ignore[index]
+    assert trt["device_id"] == 1 and cuda == {"device_id": 1}
+    assert trt["trt_fp16_enable"] and trt["trt_engine_cache_enable"]
+    cache = Path(trt["trt_engine_cache_path"])
+    # keyed by GPU and TensorRT version, created up front, under the configured root
+    assert cache.parent == tmp_path / "trt" and cache.is_dir() and "-trt" in cache.name
+    assert trt["trt_timing_cache_path"] == str(cache)
+
+
+@pytest.mark.usefixtures("gpu_build")
+def test_provider_settings_and_cpu_devices_narrow_the_choice(tmp_path: Path) -> None:
+    from engines.onnx_runtime import select_providers
+
+    without_trt = OrtOptions(device="cuda", providers=("cuda", "cpu"), trt_cache_dir=tmp_path)
+    assert select_providers(without_trt) == [("CUDAExecutionProvider", {"device_id": 0}),
+                                             "CPUExecutionProvider"]
+    assert select_providers(OrtOptions(device="cpu", trt_cache_dir=tmp_path)) == [
+        "CPUExecutionProvider"]
+    # a list without cpu still ends on the CPU provider when no GPU provider applies
+    assert select_providers(OrtOptions(device="cpu", providers=("tensorrt",),
+                                       trt_cache_dir=tmp_path)) == ["CPUExecutionProvider"]
+    assert not any(tmp_path.iterdir())  # no TensorRT cache made when TensorRT is not used
