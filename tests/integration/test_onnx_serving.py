@@ -95,6 +95,43 @@ def test_served_by_onnx_runtime_matches_torch(onnx_server: httpx.Client) -> None
         assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) >= 0.9999
 
 
+@pytest.mark.parametrize(
+    ("model_type", "options"),
+    [
+        ("sam3", {"prompts": ["cat"], "threshold": 0.3, "output_format": "rle"}),
+        ("grounding-dino", {"prompts": ["cat", "remote"]}),
+        ("depth-anything", {}),
+    ],
+)
+def test_every_family_is_served_by_onnx_runtime_over_http(
+    onnx_server: httpx.Client, model_type: str, options: dict[str, object]
+) -> None:
+    body = {"images": [asset_b64("chelsea.jpg")], **options}
+    via_onnx = onnx_server.post(f"/inference/{model_type}", json=body)
+    assert via_onnx.status_code == 200, via_onnx.text
+    assert via_onnx.json()["engine"] == "onnx"
+    status = {(m["model_type"], m["variant"]): m
+              for m in onnx_server.get("/models/status").json()["models"]}
+    entry = status[(model_type, "tiny")]
+    assert set(entry["placement"].values()) == {"onnx"} and entry["fallback_reason"] is None
+
+    # the same request on torch answers alike (same pre- and post-processing)
+    reload = onnx_server.post("/models/load", json={"model_type": model_type, "engine": "torch"})
+    assert reload.json()["engine"] == "torch"
+    via_torch = onnx_server.post(f"/inference/{model_type}", json=body).json()
+    onnx_server.post("/models/load", json={"model_type": model_type, "engine": "onnx"})
+    (got,), (expected,) = via_onnx.json()["results"], via_torch["results"]
+    assert (got["width"], got["height"]) == (expected["width"], expected["height"])
+    if model_type == "depth-anything":
+        np.testing.assert_allclose(np.asarray(got["depth"]), np.asarray(expected["depth"]),
+                                   rtol=1e-3, atol=1e-4)
+    else:
+        key = "instances" if model_type == "sam3" else "detections"
+        assert len(got[key]) == len(expected[key])
+        for a, b in zip(got[key], expected[key], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
 def test_variant_without_artifact_falls_back_visibly(onnx_server: httpx.Client) -> None:
     entry = onnx_server.post(
         "/models/load", json={"model_type": "dinov3", "variant": "tiny-convnext"}
