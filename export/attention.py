@@ -183,8 +183,8 @@ def dinov3_rope(module: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, 
     """``DINOv3ViTRopePositionEmbedding.forward`` (inference) with ``cat`` for ``tile``.
 
     The legacy exporter writes ``angles.tile(2)`` with two ``If`` nodes (rank padding), which
-    ONNX Runtime's symbolic shape inference cannot follow: the transformer optimiser then skips
-    its shape-checked fusions (``SkipLayerNormalization``). ``cat((angles, angles))`` is the
+    ONNX Runtime's symbolic shape inference cannot follow, so the transformer optimiser (and
+    any tool that infers shapes) gave up on the whole graph. ``cat((angles, angles))`` is the
     same tensor.
     """
     from transformers.models.dinov3_vit.modeling_dinov3_vit import (

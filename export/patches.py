@@ -1,11 +1,12 @@
 """Exporter patches: ONNX-friendly stand-ins for code the legacy exporter cannot trace.
 
 Each patch computes exactly what the code it replaces computes (tests compare them on random
-inputs); it only uses operators the legacy TorchScript exporter and ONNX Runtime's CPU provider
-support. Patches are applied with :func:`export_patches` for the duration of one traced call,
-never while serving: :func:`patched` wraps a core graph function so that the exporter's trace
-of it runs inside the patches and everything else (the parity reference, the torch fallback)
-runs the model's own code.
+inputs), except :func:`deformable_attention_by_level`, which sums the same terms in another
+order (said there); it only uses operators the legacy TorchScript exporter and ONNX Runtime's
+CPU provider support. Patches are applied with :func:`export_patches` for the duration of one
+traced call, never while serving: :func:`patched` wraps a core graph function so that the
+exporter's trace of it runs inside the patches and everything else (the parity reference, the
+torch fallback) runs the model's own code.
 
 GroundingDINO: ``generate_masks_with_special_tokens_and_transfer_map`` (the text self-attention
 mask and position ids between ``[CLS]``/``[SEP]``/``.``/``?`` delimiters) uses ``torch.isin``,
@@ -24,6 +25,9 @@ padding): the same numbers for every size, with the sizes kept symbolic.
 The deformable attention reads the feature maps' sizes from ``spatial_shapes``, a tensor the
 model builds with ``torch.as_tensor`` from Python sizes, which a trace records as a constant;
 the wrapper rebuilds it from the (traced) ``spatial_shapes_list`` so it follows the input.
+Two more stand-ins exist for speed, not exportability: the sampling locations computed with
+row-wide broadcasts and, while tracing, the weighted sum of the samples taken level by level
+(ONNX Runtime's kernels for the model's shapes of those were the profile's worst; see each).
 """
 
 from __future__ import annotations

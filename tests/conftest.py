@@ -38,6 +38,13 @@ def assert_clear_error(response: httpx.Response, status: int, needle: str) -> No
     assert "Traceback" not in response.text
 
 
+def onnx_op_types(path: Path) -> list[str]:
+    """The op type of every node of an ONNX graph file, in order (weights not loaded)."""
+    import onnx
+
+    return [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+
+
 def asset_b64(name: str) -> str:
     """Base64 of a test photo."""
     return base64.b64encode((ASSETS / name).read_bytes()).decode()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engines.artifacts import read_manifest, write_manifest
-from tests.conftest import asset_b64, free_port, start_server
+from tests.conftest import asset_b64, free_port, onnx_op_types, start_server
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +54,11 @@ def test_manifest_describes_the_artifact(artifacts: Path) -> None:
     assert int8.precision == "int8" and "embedding_cosine_min" in int8.parity
     # The fp32 graph has DINOv3's attention fused (RoPE included); int8 quantises the matrix
     # products only (the patch embedding stays a float Conv: ConvInteger is slow on CPU).
-    fp32_ops = _op_types(artifacts / "dinov3" / "tiny" / "fp32" / graph.file)
+    fp32_ops = onnx_op_types(artifacts / "dinov3" / "tiny" / "fp32" / graph.file)
     assert "MultiHeadAttention" in fp32_ops and "Softmax" not in fp32_ops
-    int8_ops = _op_types(artifacts / "dinov3" / "tiny" / "int8" / int8.graphs[0].file)
+    int8_ops = onnx_op_types(artifacts / "dinov3" / "tiny" / "int8" / int8.graphs[0].file)
     assert "MatMulInteger" in int8_ops and "ConvInteger" not in int8_ops
     assert "Conv" in int8_ops
-
-
-def _op_types(path: Path) -> set[str]:
-    import onnx
-
-    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
 
 
 def test_verify_cli_rechecks_parity(tiny_config: Path, artifacts: Path) -> None:

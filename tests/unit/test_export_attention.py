@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from export.attention import fused_attention
+from tests.conftest import onnx_op_types
 
 
 class _SelfAttention(torch.nn.Module):
@@ -46,10 +47,6 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list
     return fused[0]
 
 
-def _op_types(path: Path) -> list[str]:
-    return [node.op_type for node in onnx.load(str(path)).graph.node]
-
-
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_plain_attention_becomes_one_fused_node_with_the_same_values(
     tmp_path: Path, scale: float | None
@@ -59,7 +56,7 @@ def test_plain_attention_becomes_one_fused_node_with_the_same_values(
     path = tmp_path / "attention.onnx"
     example = (torch.randn(2, 7, 48), torch.randn(2, 5, 48))
     assert _export(module, example, ["x", "memory"], path) == 1
-    ops = _op_types(path)
+    ops = onnx_op_types(path)
     assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
     # Every intermediate has a type (the int8 quantiser writes unloadable models otherwise).
     undefined = onnx.TensorProto.UNDEFINED
@@ -86,7 +83,7 @@ def test_masked_attention_keeps_the_plain_decomposition(tmp_path: Path) -> None:
                           input_names=["q", "mask"], output_names=["out"], dynamic_axes=axes,
                           opset_version=18)
     assert fused[0] == 0
-    ops = _op_types(path)
+    ops = onnx_op_types(path)
     assert "MultiHeadAttention" not in ops and "Softmax" in ops
 
 
@@ -154,7 +151,7 @@ def test_dinov3_attention_exports_as_packed_projection_and_fused_attention(
                           input_names=["pixel_values"], output_names=["out"],
                           dynamic_axes=axes, opset_version=18)
     assert fused[0] == 2
-    ops = _op_types(path)
+    ops = onnx_op_types(path)
     # Per layer one q/k/v product, the output projection and the two MLP products; RoPE as
     # one node, without the per-head transposes or the token split/concat of the model's code.
     assert ops.count("MultiHeadAttention") == 2 and ops.count("MatMul") == 2 * 4
@@ -198,7 +195,7 @@ def test_dinov3_rope_tables_rotary_cannot_express_keep_the_models_code(tmp_path:
     with torch.no_grad(), fused_attention():
         torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["pixel_values"],
                           output_names=["out"], opset_version=18)
-    assert "RotaryEmbedding" not in _op_types(path)
+    assert "RotaryEmbedding" not in onnx_op_types(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = module(x).numpy()
