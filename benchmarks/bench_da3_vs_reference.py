@@ -73,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
     height, width = args.size
     pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
     if args.worker == "ours":
-        from engines.families.da3 import load_da3
+        from engines.families.depth_anything.da3 import load_da3
 
         network, _ = load_da3(args.checkpoint)
 

@@ -28,17 +28,19 @@ sys.path.insert(0, str(ROOT))
 async def serve(pool: object, requests: int) -> float:
     from PIL import Image
 
-    from engines.families.dinov3 import _WarmupOptions
+    from engines.families.dinov3.options import Dinov3Options
 
     image = Image.open(ROOT / "tests" / "assets" / "astronaut.png").convert("RGB")
-    options = _WarmupOptions()
+    options = Dinov3Options()
     for variant in ("torch", "onnx"):  # load and warm up outside the timing
         await pool.infer("dinov3", variant, [image], options)  # type: ignore[attr-defined]
     started = time.perf_counter()
-    await asyncio.gather(*(
-        pool.infer("dinov3", ("torch", "onnx")[i % 2], [image], options)  # type: ignore[attr-defined]
-        for i in range(requests)
-    ))
+    await asyncio.gather(
+        *(
+            pool.infer("dinov3", ("torch", "onnx")[i % 2], [image], options)  # type: ignore[attr-defined]
+            for i in range(requests)
+        )
+    )
     return time.perf_counter() - started
 
 
@@ -60,12 +62,18 @@ def main() -> None:
         dinov3_vits16(ckpt)
         family = default_registry().get("dinov3")
         export_variant(family, VariantSpec("onnx", str(ckpt)), ExportOptions(out=art))
-        table = {"dinov3": VariantTable("torch", {
-            "torch": VariantSpec("torch", str(ckpt)), "onnx": VariantSpec("onnx", str(ckpt))})}
+        table = {
+            "dinov3": VariantTable(
+                "torch",
+                {"torch": VariantSpec("torch", str(ckpt)), "onnx": VariantSpec("onnx", str(ckpt))},
+            )
+        }
 
         async def measure(lanes: int) -> float:
-            pool = ModelPool(default_registry(), PoolConfig(
-                engine="auto", artifacts_dir=art, compute_workers=lanes, variants=table))
+            pool = ModelPool(
+                default_registry(),
+                PoolConfig(engine="auto", artifacts_dir=art, compute_workers=lanes, variants=table),
+            )
             try:
                 return await serve(pool, args.requests)
             finally:
@@ -77,9 +85,18 @@ def main() -> None:
     print(f"  two compute lanes:           {results[2]:.2f} s")
     print(f"  two lanes / one lane:        {results[2] / results[1]:.2f}x the time")
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(),
-            "requests": args.requests, "seconds": results, "load": os.getloadavg()}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": datetime.now(UTC).isoformat(),
+                    "cpus": os.cpu_count(),
+                    "requests": args.requests,
+                    "seconds": results,
+                    "load": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PHOTOS = [ROOT / "tests" / "assets" / n for n in ("chelsea.jpg", "astronaut.png", "coffee.png",
-                                                  "rocket.jpg")]
+PHOTOS = [
+    ROOT / "tests" / "assets" / n
+    for n in ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
+]
 
 
 def dinov3_vits16(directory: Path) -> str:
@@ -50,12 +52,18 @@ def dinov3_vits16(directory: Path) -> str:
     import torch
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    from engines.families.dinov3 import DEFAULT_PREPROCESSING
+    from engines.families.dinov3.pipeline import DEFAULT_PREPROCESSING
 
     torch.manual_seed(0)
-    config = DINOv3ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
-                             num_attention_heads=6, patch_size=16, num_register_tokens=4,
-                             use_gated_mlp=False)
+    config = DINOv3ViTConfig(
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        patch_size=16,
+        num_register_tokens=4,
+        use_gated_mlp=False,
+    )
     model = DINOv3ViTModel(config)
     # Random init leaves the CLS/register tokens near zero, so the final LayerNorm of a
     # near-constant vector amplifies float32 rounding (torch then drifts 1e-3 from float64).
@@ -78,8 +86,8 @@ def sam3_full(directory: Path) -> str:
     import torch
     from transformers import Sam3Config, Sam3Model
 
-    from engines.families.sam3 import DEFAULT_PREPROCESSING
-    from engines.families.sam3_tiny import tiny_tokenizer
+    from engines.families.sam3.pipeline import DEFAULT_PREPROCESSING
+    from engines.families.sam3.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     config = Sam3Config()
@@ -104,8 +112,8 @@ def grounding_dino_tiny(directory: Path) -> str:
     import torch
     from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
 
-    from engines.families.grounding_dino import _tiny_vocab
-    from engines.families.grounding_dino_images import DEFAULT_PREPROCESSING
+    from engines.families.grounding_dino.images import DEFAULT_PREPROCESSING
+    from engines.families.grounding_dino.tiny import tiny_vocab
 
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig())
@@ -116,7 +124,7 @@ def grounding_dino_tiny(directory: Path) -> str:
         model.model.decoder.layer_norm.weight.mul_(0.1)
         model.model.decoder.layer_norm.bias.mul_(0.1)
     model.save_pretrained(directory)
-    BertTokenizer(vocab=_tiny_vocab()).save_pretrained(directory)
+    BertTokenizer(vocab=tiny_vocab()).save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
     return "grounding-dino"
 
@@ -128,11 +136,11 @@ def depth_anything_da3_small(directory: Path) -> str:
     layout (``{"model_name": "da3-small"}``), with the tiny checkpoints' well-scaled random
     weights (34 M parameters).
     """
-    from engines.families.da3 import PRESETS, Da3Network, save_da3
-    from engines.families.da3.tiny import _randomize
+    from engines.families.depth_anything.da3 import PRESETS, Da3Network, save_da3
+    from engines.families.depth_anything.da3.tiny import randomize
 
     network = Da3Network(PRESETS["da3-small"])
-    _randomize(network, 0)
+    randomize(network, 0)
     save_da3(network, directory, preset_only=True)
     return "depth-anything"
 
@@ -169,6 +177,7 @@ def worker(args: argparse.Namespace) -> None:
     from engines.base import LoadRequest, VariantSpec
     from engines.onnx_runtime import OrtCore, OrtOptions
     from engines.registry import default_registry
+    from export.parity import exporter
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -179,10 +188,13 @@ def worker(args: argparse.Namespace) -> None:
     else:
         precision = "int8" if args.runtime == "onnx-int8" else "fp32"
         directory = artifact_dir(args.artifacts, args.family, "bench", precision)
-        core = OrtCore(directory, read_manifest(directory),
-                       OrtOptions(intra_op_threads=threads, optimization=args.optimization))
+        core = OrtCore(
+            directory,
+            read_manifest(directory),
+            OrtOptions(intra_op_threads=threads, optimization=args.optimization),
+        )
         pipeline = family.load_onnx(request, core)
-    options = family.parity_options()[0]
+    options = exporter(family).parity_options()[0]
     # One photo repeated: families whose input size follows the image (Depth Anything) batch
     # only equal shapes.
     images = [Image.open(PHOTOS[1]).convert("RGB")] * args.batch
@@ -217,16 +229,45 @@ def worker(args: argparse.Namespace) -> None:
 class Worker:
     """One runtime in its own process (so thread pools never meet), timed on request."""
 
-    def __init__(self, family: str, runtime: str, batch: int, ckpt: Path, art: Path,
-                 args: argparse.Namespace, optimization: str = "all") -> None:
-        command = [sys.executable, __file__, "--worker", "--family", family, "--runtime",
-                   runtime, "--batch", str(batch), "--checkpoint", str(ckpt), "--artifacts",
-                   str(art), "--warmup", str(args.warmup), "--optimization", optimization,
-                   "--threads", str(args.threads)]
+    def __init__(
+        self,
+        family: str,
+        runtime: str,
+        batch: int,
+        ckpt: Path,
+        art: Path,
+        args: argparse.Namespace,
+        optimization: str = "all",
+    ) -> None:
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--family",
+            family,
+            "--runtime",
+            runtime,
+            "--batch",
+            str(batch),
+            "--checkpoint",
+            str(ckpt),
+            "--artifacts",
+            str(art),
+            "--warmup",
+            str(args.warmup),
+            "--optimization",
+            optimization,
+            "--threads",
+            str(args.threads),
+        ]
         self.label = runtime if optimization == "all" else f"onnx_{optimization}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
         )
         ready = self._read()
@@ -246,7 +287,7 @@ class Worker:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if line.startswith(REPLY):
-                return json.loads(line[len(REPLY):])
+                return json.loads(line[len(REPLY) :])
         self.log.seek(0)
         raise RuntimeError(f"{self.label} worker exited:\n{self.log.read()[-3000:]}")
 
@@ -257,8 +298,9 @@ class Worker:
         self.log.close()
 
 
-def interleaved(workers: list[Worker], command: str, repeats: int, block: int = 3,
-                pause_s: float = 0.5) -> dict[str, dict[str, float]]:
+def interleaved(
+    workers: list[Worker], command: str, repeats: int, block: int = 3, pause_s: float = 0.5
+) -> dict[str, dict[str, float]]:
     """Time ``command`` in every worker, round by round (``repeats`` rounds, the order rotating
     each round), so that a machine whose speed drifts during the run slows every runtime
     alike. Per worker, in ms: median and best of the warm calls, and the median of the first
@@ -319,8 +361,14 @@ def _graph_rows(
 LEVELS = ("disable", "basic", "extended", "all")  # ORT graph optimisation levels
 
 
-def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str, ...],
-             args: argparse.Namespace) -> dict[str, object]:
+def _measure(
+    family: str,
+    batch: int,
+    ckpt: Path,
+    art: Path,
+    runtimes: tuple[str, ...],
+    args: argparse.Namespace,
+) -> dict[str, object]:
     """Every runtime's worker started, then timed round by round (:func:`interleaved`)."""
     workers: list[Worker] = []
     try:
@@ -329,11 +377,16 @@ def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str
         if args.levels:
             for level in LEVELS[:-1]:  # "all" is the plain onnx worker
                 workers.append(Worker(family, "onnx", batch, ckpt, art, args, level))
-        row: dict[str, object] = {"load_avg": {w.label: w.load_avg for w in workers},
-                                  "interleaved": True}
+        row: dict[str, object] = {
+            "load_avg": {w.label: w.load_avg for w in workers},
+            "interleaved": True,
+        }
         nan = {"median_ms": float("nan")}
-        forward = (interleaved(workers, "forward", args.repeats, args.block, args.pause)
-                   if args.repeats > 0 else {})
+        forward = (
+            interleaved(workers, "forward", args.repeats, args.block, args.pause)
+            if args.repeats > 0
+            else {}
+        )
         torch_ms = forward.get("torch", nan)["median_ms"]
         row["torch_ms"] = torch_ms
         row["idle_ms"] = {label: t["idle_median_ms"] for label, t in forward.items()}
@@ -348,8 +401,13 @@ def _measure(family: str, batch: int, ckpt: Path, art: Path, runtimes: tuple[str
         if workers[0].graphs:
             graphs: dict[str, dict[str, dict[str, float]]] = {w.label: {} for w in timed}
             for graph in workers[0].graphs:
-                times = interleaved(timed, f"graph {graph}", args.graph_repeats or args.repeats,
-                                    args.block, args.pause)
+                times = interleaved(
+                    timed,
+                    f"graph {graph}",
+                    args.graph_repeats or args.repeats,
+                    args.block,
+                    args.pause,
+                )
                 for w in timed:
                     graphs[w.label][graph] = {**times[w.label], "rows": w.graphs[graph]}
             row["graphs"] = _graph_rows(graphs, runtimes)  # type: ignore[arg-type]
@@ -364,8 +422,10 @@ def _reusable(art: Path, family: str, ckpt: Path, int8: bool) -> list[Path] | No
     """The manifests of an earlier export of this checkpoint under ``art``, if complete."""
     from engines.artifacts import MANIFEST, artifact_dir, read_manifest, weights_sha256
 
-    paths = [artifact_dir(art, family, "bench", p) / MANIFEST
-             for p in (("fp32", "int8") if int8 else ("fp32",))]
+    paths = [
+        artifact_dir(art, family, "bench", p) / MANIFEST
+        for p in (("fp32", "int8") if int8 else ("fp32",))
+    ]
     if not all(p.exists() for p in paths):
         return None
     weights = weights_sha256(ckpt)
@@ -376,28 +436,54 @@ def _reusable(art: Path, family: str, ckpt: Path, int8: bool) -> list[Path] | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--families", nargs="*", choices=list(BUILDERS),
-                        default=[f for f in BUILDERS if f not in HEAVY])
-    parser.add_argument("--repeats", type=int, default=4,
-                        help="rounds of timed whole forwards (0: time the graphs only)")
-    parser.add_argument("--block", type=int, default=3,
-                        help="warm calls per worker and round, after its first call")
-    parser.add_argument("--graph-repeats", type=int, default=0,
-                        help="timed calls per graph of multi-graph families (default: --repeats)")
+    parser.add_argument(
+        "--families",
+        nargs="*",
+        choices=list(BUILDERS),
+        default=[f for f in BUILDERS if f not in HEAVY],
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=4,
+        help="rounds of timed whole forwards (0: time the graphs only)",
+    )
+    parser.add_argument(
+        "--block", type=int, default=3, help="warm calls per worker and round, after its first call"
+    )
+    parser.add_argument(
+        "--graph-repeats",
+        type=int,
+        default=0,
+        help="timed calls per graph of multi-graph families (default: --repeats)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--no-int8", action="store_true", help="no int8 artifact or timing")
-    parser.add_argument("--no-optimize", action="store_true",
-                        help="export without ORT's transformer fusions")
-    parser.add_argument("--keep", type=Path, help="write checkpoints and artifacts here "
-                        "(kept) instead of a temporary directory")
-    parser.add_argument("--reuse", action="store_true", help="with --keep: time the artifacts "
-                        "an earlier run exported from the same checkpoint instead of exporting")
+    parser.add_argument(
+        "--no-optimize", action="store_true", help="export without ORT's transformer fusions"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="write checkpoints and artifacts here (kept) instead of a temporary directory",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: time the artifacts "
+        "an earlier run exported from the same checkpoint instead of exporting",
+    )
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--pause", type=float, default=0.5,
-                        help="seconds between two timed calls (spinning thread pools settle)")
-    parser.add_argument("--levels", action="store_true",
-                        help="also compare ORT optimisation levels")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.5,
+        help="seconds between two timed calls (spinning thread pools settle)",
+    )
+    parser.add_argument(
+        "--levels", action="store_true", help="also compare ORT optimisation levels"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
@@ -429,41 +515,63 @@ def main() -> None:
             manifests = _reusable(art, family_name, ckpt, not args.no_int8) if args.reuse else None
             if manifests is None:
                 manifests = export_variant(
-                    family, VariantSpec("bench", str(ckpt)),
-                    ExportOptions(out=art, quantize=None if args.no_int8 else "int8",
-                                  images=PHOTOS, optimize=not args.no_optimize),
+                    family,
+                    VariantSpec("bench", str(ckpt)),
+                    ExportOptions(
+                        out=art,
+                        quantize=None if args.no_int8 else "int8",
+                        images=PHOTOS,
+                        optimize=not args.no_optimize,
+                    ),
                 )
             export_s = time.perf_counter() - started
             parity = [json.loads(p.read_text())["parity"] for p in manifests]
             for batch in args.batches:
-                row = {"family": family_name, "batch": batch, "export_s": round(export_s, 1),
-                       "parity_fp32": parity[0],
-                       "parity_int8": parity[1] if len(parity) > 1 else None}
+                row = {
+                    "family": family_name,
+                    "batch": batch,
+                    "export_s": round(export_s, 1),
+                    "parity_fp32": parity[0],
+                    "parity_int8": parity[1] if len(parity) > 1 else None,
+                }
                 row.update(_measure(family_name, batch, ckpt, art, runtimes, args))
                 rows.append(row)
-    print(f"\n{'family':<16}{'batch':>6}{'torch ms':>11}{'onnx ms':>10}{'x':>7}"
-          f"{'int8 ms':>10}{'x':>7}")
+    print(
+        f"\n{'family':<16}{'batch':>6}{'torch ms':>11}{'onnx ms':>10}{'x':>7}"
+        f"{'int8 ms':>10}{'x':>7}"
+    )
     for r in rows:
-        print(f"{r['family']:<16}{r['batch']:>6}{r['torch_ms']:>11.1f}{r['onnx_ms']:>10.1f}"
-              f"{r['onnx_speedup']:>7.2f}{r.get('onnx-int8_ms', float('nan')):>10.1f}"
-              f"{r.get('onnx-int8_speedup', float('nan')):>7.2f}")
+        print(
+            f"{r['family']:<16}{r['batch']:>6}{r['torch_ms']:>11.1f}{r['onnx_ms']:>10.1f}"
+            f"{r['onnx_speedup']:>7.2f}{r.get('onnx-int8_ms', float('nan')):>10.1f}"
+            f"{r.get('onnx-int8_speedup', float('nan')):>7.2f}"
+        )
         for graph, g in r.get("graphs", {}).items():
-            print(f"  {graph + ' (' + str(g['rows']) + ' rows)':<20}{g['torch_ms']:>11.1f}"
-                  f"{g['onnx_ms']:>10.1f}{g['onnx_speedup']:>7.2f}"
-                  f"{g.get('onnx-int8_ms', float('nan')):>10.1f}"
-                  f"{g.get('onnx-int8_speedup', float('nan')):>7.2f}")
+            print(
+                f"  {graph + ' (' + str(g['rows']) + ' rows)':<20}{g['torch_ms']:>11.1f}"
+                f"{g['onnx_ms']:>10.1f}{g['onnx_speedup']:>7.2f}"
+                f"{g.get('onnx-int8_ms', float('nan')):>10.1f}"
+                f"{g.get('onnx-int8_speedup', float('nan')):>7.2f}"
+            )
         if r.get("graphs"):
             print("    graphs: ms per call; speed-ups per row (image or prompt)")
         idle = {k: round(v, 1) for k, v in r.get("idle_ms", {}).items()}
         print(f"    first call after {args.pause} s idle (ms): {idle}")
         print(f"    load average (1 min) at each worker's start: {r['load_avg']}")
-        levels = {level: round(r[f"onnx_{level}_ms"], 1)
-                  for level in ("disable", "basic", "extended", "all") if f"onnx_{level}_ms" in r}
+        levels = {
+            level: round(r[f"onnx_{level}_ms"], 1)
+            for level in ("disable", "basic", "extended", "all")
+            if f"onnx_{level}_ms" in r
+        }
         if levels:
             print(f"    ORT optimisation levels (ms): {levels}")
         print(f"    parity fp32 {r['parity_fp32']}  int8 {r['parity_int8']}")
-    result = {"machine": platform.platform(), "cpus": os.cpu_count(),
-              "date": datetime.now(UTC).isoformat(), "rows": rows}
+    result = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(UTC).isoformat(),
+        "rows": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -38,8 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 # (M, K, N): one large square product, then the products of a ViT-S/16 block at 224²
 # (201 tokens, width 384, MLP 1536) and of a ViT-S block at 504² (1297 tokens).
-SHAPES = [(2048, 2048, 2048), (201, 384, 1152), (201, 384, 1536), (201, 1536, 384),
-          (1297, 384, 1536), (1297, 1536, 384)]
+SHAPES = [
+    (2048, 2048, 2048),
+    (201, 384, 1152),
+    (201, 384, 1536),
+    (201, 1536, 384),
+    (1297, 384, 1536),
+    (1297, 1536, 384),
+]
 
 
 def _time(call, repeats: int, seconds: float = 0.4) -> float:
@@ -75,7 +81,8 @@ def gemm_worker(runtime: str, shape: tuple[int, int, int], threads: int, repeats
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "gemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", k])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["m", n])],
         [numpy_helper.from_array(b, "b")],
@@ -106,21 +113,24 @@ def flops_worker(family: str, checkpoint: Path) -> dict[str, float]:
 
     from engines.base import LoadRequest, VariantSpec
     from engines.registry import default_registry
+    from export.parity import exporter
 
     # torch counts the CUDA attention kernels but not the CPU one: same formula.
     cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     if cpu_attention not in flop_counter.flop_registry:
 
         @flop_counter.register_flop_formula(cpu_attention)
-        def _(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
-              **kwargs: Any) -> int:
+        def _(
+            query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+        ) -> int:
             return flop_counter.sdpa_flop_count(query, key, value)
 
     torch.set_num_threads(os.cpu_count() or 1)
     spec = default_registry().get(family)
-    pipeline = spec.load_torch(LoadRequest(VariantSpec("bench", str(checkpoint)), "cpu",
-                                           "float32", os.cpu_count() or 1))
-    options = spec.parity_options()[0]
+    pipeline = spec.load_torch(
+        LoadRequest(VariantSpec("bench", str(checkpoint)), "cpu", "float32", os.cpu_count() or 1)
+    )
+    options = exporter(spec).parity_options()[0]
     prepared = [pipeline.prepare(Image.open(PHOTOS[1]).convert("RGB"), options)]
     counter = FlopCounterMode(display=False)
     with counter:
@@ -131,20 +141,33 @@ def flops_worker(family: str, checkpoint: Path) -> dict[str, float]:
 
 def _subprocess(*args: str) -> object:
     command = [sys.executable, __file__, "--worker", *args]
-    out = subprocess.run(command, check=True, capture_output=True, text=True,
-                         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"}).stdout
+    out = subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--families", nargs="*", default=[])
-    parser.add_argument("--keep", type=Path,
-                        help="bench_onnx_vs_torch.py's --keep directory (its checkpoints); "
-                             "needed with --families")
-    parser.add_argument("--timings", type=Path, nargs="*", default=[],
-                        help="bench_onnx_vs_torch.py's --json outputs, for the fractions of peak")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="bench_onnx_vs_torch.py's --keep directory (its checkpoints); needed with --families",
+    )
+    parser.add_argument(
+        "--timings",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="bench_onnx_vs_torch.py's --json outputs, for the fractions of peak",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -172,15 +195,26 @@ def main() -> None:
     for round_ in range(args.rounds):
         for shape in SHAPES:
             key = "x".join(map(str, shape))
-            order = runtimes[round_ % 3:] + runtimes[: round_ % 3]
+            order = runtimes[round_ % 3 :] + runtimes[: round_ % 3]
             for runtime in order:
-                ms = _subprocess("--kind", "gemm", "--runtime", runtime, "--shape", key,
-                                 "--threads", str(args.threads), "--repeats",
-                                 str(args.repeats))
+                ms = _subprocess(
+                    "--kind",
+                    "gemm",
+                    "--runtime",
+                    runtime,
+                    "--shape",
+                    key,
+                    "--threads",
+                    str(args.threads),
+                    "--repeats",
+                    str(args.repeats),
+                )
                 samples.setdefault(key, {}).setdefault(runtime, []).append(float(ms))
     gemm: dict[str, dict[str, float]] = {}
-    print(f"matrix products, {args.threads} threads, GFLOP/s (int8: GOP/s), best of "
-          f"{args.rounds} rounds of median-of-{args.repeats}")
+    print(
+        f"matrix products, {args.threads} threads, GFLOP/s (int8: GOP/s), best of "
+        f"{args.rounds} rounds of median-of-{args.repeats}"
+    )
     print(f"{'M x K x N':>18} " + " ".join(f"{r:>10}" for r in runtimes))
     for key, by_runtime in samples.items():
         m, k, n = (int(x) for x in key.split("x"))
@@ -194,8 +228,7 @@ def main() -> None:
     families: dict[str, object] = {}
     for family in args.families:
         checkpoint = args.keep / family / "ckpt"
-        flops = _subprocess("--kind", "flops", "--family", family, "--checkpoint",
-                            str(checkpoint))
+        flops = _subprocess("--kind", "flops", "--family", family, "--checkpoint", str(checkpoint))
         total = flops["total"]  # type: ignore[index]
         entry: dict[str, object] = {"gflop": total / 1e9, "by_op": flops}
         print(f"\n{family}: {total / 1e9:.2f} GFLOP per batch-1 forward")
@@ -206,20 +239,35 @@ def main() -> None:
         if row:
             fp32_peak = max(peak["torch"], peak["onnx"])
             floor_ms = total / (fp32_peak * 1e9) * 1e3
-            entry.update(torch_ms=row["torch_ms"], onnx_ms=row["onnx_ms"], floor_ms=floor_ms,
-                         torch_fraction=floor_ms / row["torch_ms"],
-                         onnx_fraction=floor_ms / row["onnx_ms"],
-                         bound_speedup=row["torch_ms"] / floor_ms)
-            print(f"  at the fp32 peak ({fp32_peak:.0f} GFLOP/s) this work takes {floor_ms:.1f} ms;"
-                  f" torch {row['torch_ms']:.1f} ms ({100 * floor_ms / row['torch_ms']:.0f} % of"
-                  f" peak), ORT {row['onnx_ms']:.1f} ms ({100 * floor_ms / row['onnx_ms']:.0f} %)"
-                  f" → no fp32 runtime can beat torch by more than"
-                  f" {row['torch_ms'] / floor_ms:.2f}x here")
+            entry.update(
+                torch_ms=row["torch_ms"],
+                onnx_ms=row["onnx_ms"],
+                floor_ms=floor_ms,
+                torch_fraction=floor_ms / row["torch_ms"],
+                onnx_fraction=floor_ms / row["onnx_ms"],
+                bound_speedup=row["torch_ms"] / floor_ms,
+            )
+            print(
+                f"  at the fp32 peak ({fp32_peak:.0f} GFLOP/s) this work takes {floor_ms:.1f} ms;"
+                f" torch {row['torch_ms']:.1f} ms ({100 * floor_ms / row['torch_ms']:.0f} % of"
+                f" peak), ORT {row['onnx_ms']:.1f} ms ({100 * floor_ms / row['onnx_ms']:.0f} %)"
+                f" → no fp32 runtime can beat torch by more than"
+                f" {row['torch_ms'] / floor_ms:.2f}x here"
+            )
         families[family] = entry
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "gemm": gemm, "peak": peak,
-                                         "families": families,
-                                         "load_avg_end": os.getloadavg()[0]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "gemm": gemm,
+                    "peak": peak,
+                    "families": families,
+                    "load_avg_end": os.getloadavg()[0],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

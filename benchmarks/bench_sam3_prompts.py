@@ -58,9 +58,9 @@ def build_pipeline(threads: int, device: str, dtype: str) -> tuple[Any, float, i
     import torch
     from transformers import Sam3Config, Sam3Model
 
-    from engines.families.sam3 import Preprocessing, PromptTokenizer, Sam3Pipeline
-    from engines.families.sam3_graphs import torch_graphs
-    from engines.families.sam3_tiny import tiny_tokenizer
+    from engines.families.sam3.graphs import torch_graphs
+    from engines.families.sam3.pipeline import Preprocessing, PromptTokenizer, Sam3Pipeline
+    from engines.families.sam3.tiny import tiny_tokenizer
     from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
 
     set_torch_threads(threads)

@@ -30,8 +30,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PHOTOS = [ROOT / "tests" / "assets" / n for n in ("chelsea.jpg", "astronaut.png", "coffee.png",
-                                                  "rocket.jpg")]
+PHOTOS = [
+    ROOT / "tests" / "assets" / n
+    for n in ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
+]
 
 
 def _timed(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -57,9 +59,14 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def bench_family(name: str, checkpoint: Path, options: Any, batches: list[int],
-                 compare: Callable[[list[dict], list[dict]], dict[str, float]],
-                 repeats: int) -> dict[str, Any]:
+def bench_family(
+    name: str,
+    checkpoint: Path,
+    options: Any,
+    batches: list[int],
+    compare: Callable[[list[dict], list[dict]], dict[str, float]],
+    repeats: int,
+) -> dict[str, Any]:
     """Latency per dtype and batch through the family pipeline, and half-precision drift."""
     import torch
     from PIL import Image
@@ -92,18 +99,24 @@ def bench_family(name: str, checkpoint: Path, options: Any, batches: list[int],
 
 def dinov3_case(tmp: Path) -> tuple[Path, Any, Callable]:
     from benchmarks.bench_onnx_vs_torch import dinov3_vits16
-    from engines.families.dinov3 import _WarmupOptions
+    from engines.families.dinov3.options import Dinov3Options
 
     ckpt = tmp / "dinov3"
     ckpt.mkdir()
     dinov3_vits16(ckpt)
 
     def compare(ref: list[dict], got: list[dict]) -> dict[str, float]:
-        cos = [float(np.dot(a["embedding"], b["embedding"]) / np.linalg.norm(a["embedding"])
-                     / np.linalg.norm(b["embedding"])) for a, b in zip(ref, got, strict=True)]
+        cos = [
+            float(
+                np.dot(a["embedding"], b["embedding"])
+                / np.linalg.norm(a["embedding"])
+                / np.linalg.norm(b["embedding"])
+            )
+            for a, b in zip(ref, got, strict=True)
+        ]
         return {"embedding_cosine_min": min(cos)}
 
-    return ckpt, _WarmupOptions(pooling="cls"), compare
+    return ckpt, Dinov3Options(pooling="cls"), compare
 
 
 def _with_tiny_tokenizer(model: Any, tiny: Path, target: Path) -> Path:
@@ -118,7 +131,7 @@ def sam3_case(tmp: Path, tiny: Path, threshold: float = 0.0) -> tuple[Path, Any,
     import torch
     from transformers import Sam3Config, Sam3Model
 
-    from engines.families.sam3 import _WarmupOptions
+    from engines.families.sam3.options import Sam3Options
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -131,20 +144,19 @@ def sam3_case(tmp: Path, tiny: Path, threshold: float = 0.0) -> tuple[Path, Any,
         if isinstance(cfg.get(key), dict):
             cfg[key] = {k: 1008 for k in cfg[key]}
     (ckpt / "preprocessor_config.json").write_text(json.dumps(cfg))
-    options = _WarmupOptions()
-    for field, value in (("prompts", ["a cat", "a person", "a cup", "a rocket"]),
-                         ("threshold", threshold), ("output_format", "rle")):
-        try:
-            setattr(options, field, value)
-        except Exception:
-            pass
+    options = Sam3Options(
+        prompts=["a cat", "a person", "a cup", "a rocket"], threshold=threshold, output_format="rle"
+    )
 
     def compare(ref: list[dict], got: list[dict]) -> dict[str, float]:
         a = np.asarray([i["score"] for r in ref for i in r["instances"]][:50])
         b = np.asarray([i["score"] for r in got for i in r["instances"]][:50])
         n = min(len(a), len(b))
-        return {"top_scores_max_abs_diff": float(np.abs(a[:n] - b[:n]).max(initial=0.0)),
-                "instances_fp32": float(len(a)), "instances_half": float(len(b))}
+        return {
+            "top_scores_max_abs_diff": float(np.abs(a[:n] - b[:n]).max(initial=0.0)),
+            "instances_fp32": float(len(a)),
+            "instances_half": float(len(b)),
+        }
 
     return ckpt, options, compare
 
@@ -153,7 +165,7 @@ def grounding_dino_case(tmp: Path, tiny: Path) -> tuple[Path, Any, Callable]:
     import torch
     from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
 
-    from engines.families.grounding_dino import _WarmupOptions
+    from engines.families.grounding_dino.options import GroundingDinoOptions
 
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig())
@@ -163,13 +175,9 @@ def grounding_dino_case(tmp: Path, tiny: Path) -> tuple[Path, Any, Callable]:
     cfg = json.loads(cfg_path.read_text())
     cfg["size"] = {"shortest_edge": 800, "longest_edge": 1333}
     cfg_path.write_text(json.dumps(cfg))
-    options = _WarmupOptions()
-    try:
-        options.prompts = ["a cat", "a person", "a cup"]
-        options.box_threshold = 0.0
-        options.text_threshold = 0.0
-    except Exception:
-        pass
+    options = GroundingDinoOptions(
+        prompts=["a cat", "a person", "a cup"], box_threshold=0.0, text_threshold=0.0
+    )
 
     def compare(ref: list[dict], got: list[dict]) -> dict[str, float]:
         a = np.asarray([d["score"] for r in ref for d in r["detections"]][:50])
@@ -184,8 +192,8 @@ def da3_network(repeats: int) -> dict[str, Any]:
     """DA3-small network alone (its serving pipeline lands separately), 504 px."""
     import torch
 
-    from engines.families.da3.config import PRESETS
-    from engines.families.da3.network import Da3Network
+    from engines.families.depth_anything.da3.config import PRESETS
+    from engines.families.depth_anything.da3.network import Da3Network
 
     torch.manual_seed(0)
     net = Da3Network(PRESETS["da3-small"]).cuda().eval()
@@ -203,17 +211,23 @@ def da3_network(repeats: int) -> dict[str, Any]:
             if dtype != torch.float32:
                 got = model(x[:2].to(dtype)).depth.float()
                 out["drift_vs_fp32"][str(dtype)[6:]] = {
-                    "depth_rel_l2": float((got - ref).norm() / ref.norm())}
+                    "depth_rel_l2": float((got - ref).norm() / ref.norm())
+                }
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--families", nargs="*",
-                        default=["dinov3", "da3", "grounding-dino", "sam3"])
+    parser.add_argument(
+        "--families", nargs="*", default=["dinov3", "da3", "grounding-dino", "sam3"]
+    )
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--sam3-threshold", type=float, default=0.0,
-                        help="instance threshold (0 keeps all 200 queries of every prompt)")
+    parser.add_argument(
+        "--sam3-threshold",
+        type=float,
+        default=0.0,
+        help="instance threshold (0 keeps all 200 queries of every prompt)",
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -238,15 +252,19 @@ def main() -> None:
                 if name == "da3":
                     result = da3_network(args.repeats)
                 else:
-                    case = {"dinov3": lambda: dinov3_case(tmp),
-                            "sam3": lambda: sam3_case(tmp, tiny, args.sam3_threshold),
-                            "grounding-dino": lambda: grounding_dino_case(tmp, tiny)}[name]
+                    case = {
+                        "dinov3": lambda: dinov3_case(tmp),
+                        "sam3": lambda: sam3_case(tmp, tiny, args.sam3_threshold),
+                        "grounding-dino": lambda: grounding_dino_case(tmp, tiny),
+                    }[name]
                     ckpt, options, compare = case()
                     batches = {"dinov3": [1, 8, 32], "sam3": [1, 4]}.get(name, [1, 4])
                     result = bench_family(name, ckpt, options, batches, compare, args.repeats)
             except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}",
-                          "trace": traceback.format_exc()[-1500:]}
+                result = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "trace": traceback.format_exc()[-1500:],
+                }
             result["wall_s"] = round(time.perf_counter() - started, 1)
             report["families"][name] = result
             print(name, json.dumps(result)[:1500], flush=True)

@@ -10,9 +10,11 @@ Everything around it lives in the family's module and is shared by both runtimes
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Mapping, Sequence
+import importlib
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -146,8 +148,8 @@ def run_pipeline(
 class Pipeline(abc.ABC, Generic[OptionsT]):
     """A loaded variant: its family's pre/post-processing around a :class:`Core`.
 
-    ``options`` is the request's model-specific part (a msgspec Struct whose attributes the
-    family reads: ``pooling``, ``prompts``, ``threshold``...).
+    ``options`` is an instance of the family's ``options_type`` (the HTTP request, which extends
+    it, is passed as is).
     """
 
     def __init__(self, core: Core, checkpoint_dir: Path | None = None) -> None:
@@ -188,11 +190,22 @@ class OnnxGraph:
 
 
 class Family(abc.ABC):
-    """A model family: its variants, how to load them, and how to write a tiny checkpoint.
+    """A model family as served: its variants, its options and how to load a variant.
 
-    ONNX support is optional: a family that implements :meth:`onnx_graphs` can be exported and
-    one that implements :meth:`load_onnx` can be served from the exported graphs. Graphs an
-    artifact lacks keep running on torch.
+    Everything else a family has lives beside this class in its package
+    (``engines/families/<name>/``) and is found by convention: ``export.py`` defines
+    ``EXPORT`` (a :class:`FamilyExport`), ``tiny.py`` defines ``write_tiny``. Serving code never
+    imports either. A family that implements :meth:`load_onnx` can be served from exported
+    graphs; graphs an artifact lacks keep running on torch.
+
+    Attributes:
+        name: The canonical model type (``dinov3``, ``grounding-dino``...).
+        aliases: Other accepted spellings of the model type.
+        default_variant: The variant used when a request names none.
+        variants: The built-in variants by name.
+        graphs: The core's graph names.
+        options_type: The family's options (a msgspec Struct with a default for every field);
+            the HTTP request of its endpoint extends it with ``images`` and ``variant``.
     """
 
     name: str
@@ -200,34 +213,74 @@ class Family(abc.ABC):
     default_variant: str
     variants: Mapping[str, VariantSpec]
     graphs: tuple[str, ...] = ("model",)
-    # metric name → (">=" or "<=", threshold): the export parity gates of this family.
-    parity_gates: Mapping[str, tuple[str, float]] = {}
+    options_type: type[Any]
 
     def load_onnx(self, request: LoadRequest, core: Core) -> Pipeline[Any]:
         """Build the family's pipeline around an ONNX (or hybrid) core."""
         raise NotImplementedError(f"{self.name} cannot be served from ONNX yet")
 
-    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
-        """The graphs to export from a torch-loaded pipeline, with example inputs."""
-        raise NotImplementedError(f"{self.name} has no ONNX export yet")
-
-    def parity_options(self) -> list[Any]:
-        """Request options the export parity check runs the pipelines with."""
-        raise NotImplementedError(f"{self.name} has no ONNX parity check yet")
-
-    def parity_metrics(
-        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
-    ) -> dict[str, float]:
-        """Compare two runs' results (same images, same options); keys match ``parity_gates``."""
-        raise NotImplementedError(f"{self.name} has no ONNX parity check yet")
+    @property
+    def serves_onnx(self) -> bool:
+        """Whether this family overrides :meth:`load_onnx`."""
+        return type(self).load_onnx is not Family.load_onnx
 
     @abc.abstractmethod
     def load_torch(self, request: LoadRequest) -> Pipeline[Any]:
         """Load a variant on the torch runtime."""
 
-    @abc.abstractmethod
-    def write_tiny(self, directory: Path) -> dict[str, str]:
-        """Write tiny random checkpoints into ``directory``; return ``{variant: subdir}``.
 
-        The first variant returned becomes the default in the generated config.
-        """
+class FamilyExport(abc.ABC):
+    """How a family is exported to ONNX and how an export is checked against torch.
+
+    Each family's ``export.py`` defines one as ``EXPORT``; the export stage finds it with
+    :func:`family_export`.
+
+    Attributes:
+        parity_gates: Metric name → (``">="`` or ``"<="``, threshold).
+    """
+
+    parity_gates: Mapping[str, tuple[str, float]] = {}
+
+    @abc.abstractmethod
+    def graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
+        """The graphs to export from a torch-loaded pipeline, with example inputs."""
+
+    @abc.abstractmethod
+    def parity_options(self) -> list[Any]:
+        """Options (of the family's ``options_type``) the parity check runs with."""
+
+    @abc.abstractmethod
+    def parity_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Compare two runs' results (same images, same options); keys match the gates."""
+
+
+TinyWriter = Callable[[Path], dict[str, str]]
+
+
+def family_module(family: Family, part: str) -> ModuleType | None:
+    """The module ``part`` (``export``, ``tiny``) of ``family``'s package, or None if absent."""
+    package = type(family).__module__.rpartition(".")[0]
+    name = f"{package}.{part}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def family_export(family: Family) -> FamilyExport | None:
+    """The family's :class:`FamilyExport` (``EXPORT`` in its ``export.py``), or None."""
+    module = family_module(family, "export")
+    return getattr(module, "EXPORT", None) if module is not None else None
+
+
+def family_tiny_writer(family: Family) -> TinyWriter | None:
+    """The family's ``write_tiny(directory) -> {variant: subdir}`` (its ``tiny.py``), or None.
+
+    The first variant it returns becomes the default in the generated config.
+    """
+    module = family_module(family, "tiny")
+    return getattr(module, "write_tiny", None) if module is not None else None

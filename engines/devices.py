@@ -19,14 +19,27 @@ class GpuInfo:
 
 
 def cuda_available() -> bool:
-    """Whether torch sees a usable CUDA device."""
+    """Whether torch sees a usable CUDA device (False where torch is not installed)."""
+    if not torch_importable():
+        return False
     import torch
 
     return torch.cuda.is_available()
 
 
-def list_gpus() -> list[GpuInfo]:
-    """The visible GPUs with their memory use, empty without CUDA."""
+def torch_importable() -> bool:
+    """Whether torch can be imported in this process (the API layer does not need it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def list_gpus() -> list[GpuInfo] | None:
+    """The visible GPUs with their memory use: empty without CUDA, None without torch."""
+    if not torch_importable():
+        return None
     if not cuda_available():
         return []
     import torch
@@ -72,9 +85,7 @@ def resolve_device(requested: str) -> str:
                 f"{torch.cuda.device_count()} GPU(s)."
             )
         return f"cuda:{index}"
-    raise InvalidInputError(
-        f"Unknown device {requested!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-    )
+    raise InvalidInputError(f"Unknown device {requested!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
 
 def _parse_index(device: str) -> int:

@@ -7,19 +7,20 @@ encoding back into a mask (exactly, except ``polygon``, which is a simplified ou
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from engines.errors import InvalidInputError
 
-FORMATS = ("dense", "rle", "polygon", "png")
+MaskFormat = Literal["dense", "rle", "polygon", "png"]
+FORMATS: tuple[MaskFormat, ...] = get_args(MaskFormat)
 # approxPolyDP tolerance in pixels: drops the staircase points of a pixel outline while
 # keeping the outline within a pixel of the mask's border.
 POLYGON_EPSILON_PX = 1.0
 
 
-def encode_mask(mask: np.ndarray, fmt: str) -> Any:
+def encode_mask(mask: np.ndarray, fmt: MaskFormat) -> Any:
     """Encode a boolean (H, W) mask in one of :data:`FORMATS`.
 
     Args:

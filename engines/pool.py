@@ -1,14 +1,16 @@
-"""The model pool: which variants are loaded where, and the threads that run them.
+"""The model pool: which variants are resident where, and the threads that run them.
 
-The pool owns the lifecycle (lazy load, load once under concurrency, unload that waits for
-in-flight requests) and the execution: pre- and post-processing run on a CPU thread pool,
-core forwards on a dedicated compute executor so the event loop stays free and the cores are
-never oversubscribed by two forwards at once. Batching and caching will hang off ``infer``.
+The pool owns residency (lazy load, load once under concurrency, unload that waits for
+in-flight requests) and execution: pre- and post-processing run on a CPU thread pool, core
+forwards on a dedicated compute executor so the event loop stays free and the cores are never
+oversubscribed by two forwards at once. *How* a variant is loaded (runtime, providers,
+precision, warm-up) is :mod:`engines.loading`'s. Batching and caching hang off :meth:`run`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -17,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from PIL import Image
 
-from engines.base import Family, LoadRequest, Pipeline, VariantSpec, batches
-from engines.devices import resolve_device, resolve_dtype
+from engines.base import Pipeline, VariantSpec, batches
+from engines.devices import resolve_device
 from engines.errors import (
     InferenceError,
     ModelNotLoadedError,
@@ -30,6 +32,7 @@ from engines.errors import (
     UnavailableError,
     VisionError,
 )
+from engines.loading import LoaderConfig, ModelLoader
 from engines.registry import FamilyRegistry, VariantTable
 
 log = logging.getLogger(__name__)
@@ -92,8 +95,25 @@ class LoadedModel:
         self.idle.set()
 
 
+class ResolvedModel(NamedTuple):
+    """A request's model, resolved once: the canonical model type and the variant's spec."""
+
+    model_type: str
+    spec: VariantSpec
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(model type, variant)``: the pool's key."""
+        return self.model_type, self.spec.name
+
+    @property
+    def label(self) -> str:
+        """``model_type/variant``, as messages name it."""
+        return f"{self.model_type}/{self.spec.name}"
+
+
 @dataclass
-class Outcome:
+class InferenceOutcome:
     """Results of one inference call, one per image in input order, and its timings."""
 
     model: LoadedModel
@@ -114,6 +134,17 @@ class ModelPool:
         self.config = config
         self.tables = registry.variant_tables(config.variants)
         self._threads = config.torch_threads or os.cpu_count() or 1
+        self.loader = ModelLoader(
+            LoaderConfig(
+                dtype=config.dtype,
+                threads=self._threads,
+                hf_token=config.hf_token,
+                artifacts_dir=config.artifacts_dir,
+                onnx_precision=config.onnx_precision,
+                ort_providers=config.ort_providers,
+                ort_optimization=config.ort_optimization,
+            )
+        )
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._cpu = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="cpu")
@@ -122,7 +153,7 @@ class ModelPool:
         )
 
     # -- naming ---------------------------------------------------------------------------
-    def resolve(self, model_type: str, variant: str | None) -> tuple[str, VariantSpec]:
+    def resolve(self, model_type: str, variant: str | None) -> ResolvedModel:
         """Canonical model type and the variant's spec (the default when ``variant`` is None).
 
         Raises:
@@ -132,7 +163,7 @@ class ModelPool:
         table = self.tables[name]
         key = variant or table.default_variant
         try:
-            return name, table.variants[key]
+            return ResolvedModel(name, table.variants[key])
         except KeyError:
             raise NotFoundError(
                 f"Unknown variant {key!r} of {name}; available: {', '.join(table.variants)}."
@@ -152,150 +183,41 @@ class ModelPool:
         Concurrent calls for the same variant load it once. A variant loaded on another device
         or engine is unloaded (after its in-flight requests) and loaded again.
         """
-        name, spec = self.resolve(model_type, variant)
+        return await self.load_resolved(
+            self.resolve(model_type, variant), device=device, engine=engine
+        )
+
+    async def load_resolved(
+        self, model: ResolvedModel, *, device: str | None = None, engine: str | None = None
+    ) -> LoadedModel:
+        """:meth:`load` for an already resolved model."""
         target_device = resolve_device(device or self.config.device)
         wanted_engine = engine or self.config.engine
-        key = (name, spec.name)
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            current = self._models.get(key)
+        async with self._locks.setdefault(model.key, asyncio.Lock()):
+            current = self._models.get(model.key)
             if current is not None:
                 if current.device == target_device and wanted_engine in ("auto", current.engine):
                     return current
                 await self._release(current)
+            family = self.registry.get(model.model_type)
             loaded = await self._run(
-                self._cpu, self._load_sync, name, spec, target_device, wanted_engine
+                self._cpu, self.loader.load, family, model.spec, target_device, wanted_engine
             )
-            self._models[key] = loaded
-            return loaded
-
-    def _load_sync(self, name: str, spec: VariantSpec, device: str, engine: str) -> LoadedModel:
-        if engine not in ("auto", "torch", "onnx"):
-            raise NotFoundError(f"Unknown engine {engine!r}: use auto, onnx or torch.")
-        family = self.registry.get(name)
-        dtype = resolve_dtype(self.config.dtype, device)
-        request = LoadRequest(spec, device, dtype, self._threads, self.config.hf_token)
-        started = time.perf_counter()
-        fallback_reason = None
-        try:
-            pipeline = None
-            if engine in ("auto", "onnx"):
-                pipeline, fallback_reason = self._load_onnx(
-                    family, request, explicit=engine == "onnx"
-                )
-            if pipeline is None:
-                pipeline = family.load_torch(request)
-            # ONNX Runtime reaches its steady speed only after a couple of runs.
-            for _ in range(1 if pipeline.core.engine == "torch" else 2):
-                pipeline.warmup()
-        except VisionError:
-            raise
-        except MemoryError:
-            raise UnavailableError(
-                f"Not enough memory to load {name}/{spec.name}; unload other models first.",
-                retry_after_s=30,
-            ) from None
-        except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":
-                raise UnavailableError(
-                    f"Not enough GPU memory to load {name}/{spec.name}; unload other models "
-                    "or use a smaller variant.",
-                    retry_after_s=30,
-                ) from None
-            log.exception("loading %s/%s from %s failed", name, spec.name, spec.source)
-            raise InferenceError(
-                f"Could not load {name}/{spec.name} from {spec.source}: {type(exc).__name__}: {exc}"
-            ) from exc
-        log.info(
-            "loaded %s/%s on %s (%s, %s) in %.1f s",
-            name,
-            spec.name,
-            device,
-            pipeline.core.engine,
-            dtype,
-            time.perf_counter() - started,
-        )
-        return LoadedModel(
-            model_type=name,
-            variant=spec.name,
-            spec=spec,
-            pipeline=pipeline,
-            device=device,
-            engine=pipeline.core.engine,
-            dtype=dtype if pipeline.core.engine == "torch" else self.config.onnx_precision,
-            memory_mb=round(pipeline.core.memory_bytes() / 2**20, 1),
-            loaded_at=datetime.now(UTC),
-            fallback_reason=fallback_reason,
-            placement=_placement(family, pipeline.core),
-        )
-
-    def _load_onnx(
-        self, family: Family, request: LoadRequest, *, explicit: bool
-    ) -> tuple[Pipeline[Any] | None, str | None]:
-        """The pipeline on ONNX Runtime, or ``(None, reason)`` to fall back to torch.
-
-        A graph the artifact lacks runs on torch (a hybrid core); a session that fails to build
-        falls back to torch entirely, with the reason logged and reported in the status.
-        """
-        from engines.artifacts import find_artifact, weights_sha256
-        from engines.checkpoints import resolve_checkpoint
-        from engines.onnx_runtime import HybridCore, OrtCore, OrtOptions
-
-        spec = request.spec
-        if type(family).load_onnx is Family.load_onnx:
-            reason = f"{family.name} has no ONNX Runtime support yet"
-            if explicit:
-                raise NotFoundError(f"{reason}; load it with engine 'torch'.")
-            return None, reason
-        manifest, directory, reason = find_artifact(
-            self.config.artifacts_dir, family.name, spec.name, None, self.config.onnx_precision
-        )
-        if manifest is not None:
-            weights = weights_sha256(resolve_checkpoint(spec.source, request.hf_token))
-            if manifest.weights_sha256 != weights:
-                manifest, reason = (
-                    None,
-                    (
-                        f"the artifact in {directory} was exported from other weights "
-                        f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
-                    ),
-                )
-        if manifest is None:
-            if explicit:
-                raise NotFoundError(
-                    f"No usable ONNX artifact for {family.name}/{spec.name}: {reason}. Create one "
-                    f"with `vision-api export {family.name} --variant {spec.name}`, or load with "
-                    "engine 'torch'."
-                )
-            return None, reason
-        try:
-            options = OrtOptions(
-                device=request.device,
-                providers=self.config.ort_providers,
-                intra_op_threads=self._threads,
-                optimization=self.config.ort_optimization,
-                trt_cache_dir=(self.config.artifacts_dir or Path("artifacts")) / ".trt-cache",
+            resident = LoadedModel(
+                model_type=model.model_type,
+                variant=model.spec.name,
+                spec=model.spec,
+                pipeline=loaded.pipeline,
+                device=target_device,
+                engine=loaded.engine,
+                dtype=loaded.dtype,
+                memory_mb=loaded.memory_mb,
+                loaded_at=datetime.now(UTC),
+                fallback_reason=loaded.fallback_reason,
+                placement=loaded.placement,
             )
-            ort_core = OrtCore(directory, manifest, options)
-            missing = [g for g in family.graphs if g not in ort_core.sessions]
-            core: Any = ort_core
-            reason = None
-            if missing:
-                torch_core = family.load_torch(request).core
-                core = HybridCore(
-                    {g: ort_core if g in ort_core.sessions else torch_core for g in family.graphs}
-                )
-                reason = f"graphs {', '.join(missing)} not in the artifact: they run on torch"
-            return family.load_onnx(request, core), reason
-        except VisionError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "ONNX Runtime failed for %s/%s, falling back to torch: %s",
-                family.name,
-                spec.name,
-                exc,
-            )
-            return None, f"ONNX Runtime failed: {type(exc).__name__}: {exc}"
+            self._models[model.key] = resident
+            return resident
 
     async def unload(self, model_type: str, variant: str | None = None) -> list[tuple[str, str]]:
         """Unload one variant, or every loaded variant of the type; returns what was unloaded."""
@@ -303,8 +225,7 @@ class ModelPool:
             name = self.registry.canonical(model_type)
             keys = [k for k in self._models if k[0] == name]
         else:
-            name, spec = self.resolve(model_type, variant)
-            keys = [(name, spec.name)]
+            keys = [self.resolve(model_type, variant).key]
         unloaded = []
         for key in keys:
             async with self._locks.setdefault(key, asyncio.Lock()):
@@ -347,14 +268,27 @@ class ModelPool:
         variant: str | None,
         images: Sequence[Image.Image],
         options: Any,
-    ) -> Outcome:
-        """Pre-process, run and post-process ``images``; results in input order."""
-        name, spec = self.resolve(model_type, variant)
-        model = self._models.get((name, spec.name))
+    ) -> InferenceOutcome:
+        """Resolve the model, then :meth:`run`."""
+        return await self.run(self.resolve(model_type, variant), images, options)
+
+    async def run(
+        self, resolved: ResolvedModel, images: Sequence[Image.Image], options: Any
+    ) -> InferenceOutcome:
+        """Pre-process, run and post-process ``images``; results in input order.
+
+        Loads the model first when lazy loading is on.
+
+        Raises:
+            ModelNotLoadedError: Lazy loading is off and the model is not loaded.
+        """
+        model = self._models.get(resolved.key)
         if model is None:
             if not self.config.lazy_loading:
-                raise ModelNotLoadedError(f"Model {name} not loaded. POST /models/load first.")
-            model = await self.load(name, spec.name)
+                raise ModelNotLoadedError(
+                    f"Model {resolved.model_type} not loaded. POST /models/load first."
+                )
+            model = await self.load_resolved(resolved)
         model.in_flight += 1
         model.idle.clear()
         try:
@@ -366,7 +300,7 @@ class ModelPool:
 
     async def _infer_loaded(
         self, model: LoadedModel, images: Sequence[Image.Image], options: Any
-    ) -> Outcome:
+    ) -> InferenceOutcome:
         pipeline = model.pipeline
         started = time.perf_counter()
         prepared = list(
@@ -399,11 +333,12 @@ class ModelPool:
             "inference": (t_inf - t_pre) * 1e3,
             "postprocess": (t_post - t_inf) * 1e3,
         }
-        return Outcome(model, results, timings)
+        return InferenceOutcome(model, results, timings)
 
     async def _guarded(
         self, model: LoadedModel, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
     ) -> T:
+        """Run one step of a request; unexpected errors become an error naming the model."""
         try:
             return await self._run(executor, fn, *args)
         except VisionError:
@@ -415,14 +350,18 @@ class ModelPool:
                     f"Out of memory running {label}; retry later or send fewer images.",
                     retry_after_s=5,
                 ) from None
-            log.exception("inference on %s failed", label)
+            step = getattr(fn, "__name__", "a step")
+            log.exception("inference on %s failed in %s", label, step)
             raise InferenceError(
-                f"Inference with {label} failed: {type(exc).__name__}: {exc}"
+                f"Inference with {label} failed: {type(exc).__name__} in {step}; the server log "
+                "has the details."
             ) from exc
 
     @staticmethod
     async def _run(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        """``fn(*args)`` on ``executor``, in a copy of this task's context (request id...)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, context.run, fn, *args)
 
     async def close(self) -> None:
         """Unload everything and stop the threads."""
@@ -464,9 +403,3 @@ def _status_entry(
             placement=model.placement,
         )
     return entry
-
-
-def _placement(family: Family, core: Any) -> dict[str, str]:
-    """Which engine runs each of the family's graphs."""
-    where = getattr(core, "where", None)
-    return where() if callable(where) else {graph: core.engine for graph in family.graphs}

@@ -88,10 +88,10 @@ class FamilyRegistry:
 
 def default_registry() -> FamilyRegistry:
     """A registry holding every family this project implements."""
-    from engines.families.depth_anything import DepthAnythingFamily
-    from engines.families.dinov3 import Dinov3Family
-    from engines.families.grounding_dino import GroundingDinoFamily
-    from engines.families.sam3 import Sam3Family
+    from engines.families.depth_anything.family import DepthAnythingFamily
+    from engines.families.dinov3.family import Dinov3Family
+    from engines.families.grounding_dino.family import GroundingDinoFamily
+    from engines.families.sam3.family import Sam3Family
 
     registry = FamilyRegistry()
     registry.register(Dinov3Family())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engines.base import family_tiny_writer
 from engines.registry import FamilyRegistry, default_registry
 
 
@@ -17,7 +18,10 @@ def write_tiny_models(directory: Path, registry: FamilyRegistry | None = None) -
     directory.mkdir(parents=True, exist_ok=True)
     lines = ["# Tiny random checkpoints written by `vision-api tiny-models`: for tests only.", ""]
     for family in registry or default_registry():
-        written = family.write_tiny(directory)
+        write_tiny = family_tiny_writer(family)
+        if write_tiny is None:
+            continue
+        written = write_tiny(directory)
         lines.append(f"[models.{family.name}]")
         lines.append(f'default_variant = "{next(iter(written))}"')
         for variant, subdir in written.items():

@@ -45,9 +45,13 @@ class _MultiHeadAttention(torch.autograd.Function):
     """SDPA when run; ``com.microsoft.MultiHeadAttention`` when exported."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        heads: int, scale: float,
+    def forward(
+        ctx: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        heads: int,
+        scale: float,
     ) -> torch.Tensor:
         return _original_sdpa(query, key, value, scale=scale)
 
@@ -61,8 +65,11 @@ class _MultiHeadAttention(torch.autograd.Function):
 
         out = g.op(
             "com.microsoft::MultiHeadAttention",
-            to_bsd(query), to_bsd(key), to_bsd(value),
-            num_heads_i=heads, scale_f=scale,
+            to_bsd(query),
+            to_bsd(key),
+            to_bsd(value),
+            num_heads_i=heads,
+            scale_f=scale,
         )
         # A contrib op has no ONNX shape inference: state its type ([B, S, heads·dim], the
         # queries' dtype), or the nodes after it are typed "undefined" and tools downstream
@@ -107,9 +114,14 @@ class _RopeMultiHeadAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, qkv: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
-        heads: int, dim: int, scale: float,
+    def forward(
+        ctx: Any,
+        qkv: torch.Tensor,
+        cos_cache: torch.Tensor,
+        sin_cache: torch.Tensor,
+        heads: int,
+        dim: int,
+        scale: float,
     ) -> torch.Tensor:
         batch, tokens, _ = qkv.shape
         q, k, v = qkv.view(batch, tokens, 3, heads, dim).unbind(2)
@@ -129,12 +141,18 @@ class _RopeMultiHeadAttention(torch.autograd.Function):
 
         qk, v = g.op("Split", qkv, ints(2 * width, width), axis_i=2, outputs=2)
         # position_ids [1] is the start offset: token s reads row s of the caches
-        rotated = g.op("com.microsoft::RotaryEmbedding", qk, ints(0), cos_cache, sin_cache,
-                       num_heads_i=2 * heads, interleaved_i=0)
+        rotated = g.op(
+            "com.microsoft::RotaryEmbedding",
+            qk,
+            ints(0),
+            cos_cache,
+            sin_cache,
+            num_heads_i=2 * heads,
+            interleaved_i=0,
+        )
         rotated.setType(qkv.type().with_sizes([None, None, 2 * width]))
         q, k = g.op("Split", rotated, ints(width, width), axis_i=2, outputs=2)
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads,
-                   scale_f=scale)
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=scale)
         out.setType(qkv.type().with_sizes([None, None, width]))  # see _MultiHeadAttention
         return out
 
@@ -146,24 +164,38 @@ def _dinov3_attention(original: Callable[..., Any], fused: list[int]) -> Callabl
     tables: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def forward(
-        self: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any,
+        self: Any,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         cos, sin = position_embeddings if position_embeddings is not None else (None, None)
-        if (not torch.jit.is_tracing() or attention_mask is not None or cos is None
-                or sin is None or self.training or not _halves_repeat(cos, sin)):
+        if (
+            not torch.jit.is_tracing()
+            or attention_mask is not None
+            or cos is None
+            or sin is None
+            or self.training
+            or not _halves_repeat(cos, sin)
+        ):
             return original(self, hidden_states, attention_mask, position_embeddings, **kwargs)
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weight = torch.cat([p.weight for p in projections])
-        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
-                          for p in projections])
+        bias = torch.cat(
+            [
+                p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                for p in projections
+            ]
+        )
         qkv = F.linear(hidden_states, weight, bias)
         if id(cos) not in tables:  # the tensor is kept with its caches: its id stays unique
             tables[id(cos)] = cos, rope_tables(cos, sin, 1 + self.config.num_register_tokens)
         cos_cache, sin_cache = tables[id(cos)][1]
         fused[0] += 1
-        out = _RopeMultiHeadAttention.apply(qkv, cos_cache, sin_cache, self.num_heads,
-                                            self.head_dim, float(self.scaling))
+        out = _RopeMultiHeadAttention.apply(
+            qkv, cos_cache, sin_cache, self.num_heads, self.head_dim, float(self.scaling)
+        )
         return self.o_proj(out), None
 
     return forward
@@ -175,8 +207,10 @@ def _halves_repeat(cos: torch.Tensor, sin: torch.Tensor) -> bool:
     That is what ``RotaryEmbedding``'s half-width caches can express.
     """
     half = cos.shape[-1] // 2
-    return bool(torch.equal(cos[..., :half], cos[..., half:])
-                and torch.equal(sin[..., :half], sin[..., half:]))
+    return bool(
+        torch.equal(cos[..., :half], cos[..., half:])
+        and torch.equal(sin[..., :half], sin[..., half:])
+    )
 
 
 def dinov3_rope(module: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +228,9 @@ def dinov3_rope(module: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, 
     _, _, height, width = pixel_values.shape
     patch = module.config.patch_size
     patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
-    coords = get_patches_center_coordinates(height // patch_h, width // patch_w,
-                                            dtype=torch.float32, device=pixel_values.device)
+    coords = get_patches_center_coordinates(
+        height // patch_h, width // patch_w, dtype=torch.float32, device=pixel_values.device
+    )
     angles = 2 * math.pi * coords[:, :, None] * module.inv_freq[None, None, :]
     angles = angles.flatten(1, 2)
     angles = torch.cat((angles, angles), dim=-1)
@@ -214,16 +249,21 @@ def _dinov3_rope_embedding(original: Callable[..., Any], fused: list[int]) -> Ca
 
 # (module, class) -> wrapper of its forward, replaced while tracing (see the module docstring)
 _TRACED_FORWARDS: dict[tuple[str, str], Callable[..., Callable[..., Any]]] = {
-    ("transformers.models.dinov3_vit.modeling_dinov3_vit", "DINOv3ViTAttention"):
-        _dinov3_attention,
-    ("transformers.models.dinov3_vit.modeling_dinov3_vit", "DINOv3ViTRopePositionEmbedding"):
-        _dinov3_rope_embedding,
+    ("transformers.models.dinov3_vit.modeling_dinov3_vit", "DINOv3ViTAttention"): _dinov3_attention,
+    (
+        "transformers.models.dinov3_vit.modeling_dinov3_vit",
+        "DINOv3ViTRopePositionEmbedding",
+    ): _dinov3_rope_embedding,
 }
 
 
 def _fusable(
-    query: torch.Tensor, key: torch.Tensor, attn_mask: Any, dropout_p: float,
-    is_causal: bool, enable_gqa: bool,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attn_mask: Any,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
 ) -> bool:
     return (
         torch.jit.is_tracing()
@@ -248,14 +288,25 @@ def fused_attention() -> Iterator[list[int]]:
     fused = [0]
 
     def sdpa(
-        query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-        is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
     ) -> torch.Tensor:
         if not _fusable(query, key, attn_mask, dropout_p, is_causal, enable_gqa):
             return _original_sdpa(
-                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+                query,
+                key,
+                value,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
             )
         # Heads and head size are fixed by the weights; under tracing they come as 0-d tensors.
         heads, head_dim = int(query.shape[1]), int(query.shape[3])
@@ -277,4 +328,4 @@ def fused_attention() -> Iterator[list[int]]:
     finally:
         F.scaled_dot_product_attention = _original_sdpa
         for cls, forward in originals:
-            cls.forward = forward
+            cls.forward = forward  # type: ignore[attr-defined]

@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engines.artifacts import MANIFEST, read_manifest
+from engines.base import family_export
+from engines.pool import ModelPool
 from export.parity import ParityError, default_images
 
+# Builds the pool exactly as the server does from a settings file (None: the environment's).
+PoolFactory = Callable[[str | None], ModelPool]
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``vision-api export`` and ``python -m export``."""
+
+def main(argv: Sequence[str] | None, build_pool: PoolFactory) -> int:
+    """Entry point of ``vision-api export`` (``service.cli`` passes the server's pool wiring).
+
+    Args:
+        argv: The arguments after ``export``.
+        build_pool: Builds the model pool from a settings file path (or the environment).
+    """
     parser = argparse.ArgumentParser(
         prog="vision-api export",
         description="Export model variants to ONNX (with a manifest and parity figures), or "
@@ -29,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="also write an fp16 artifact (GPU)")
     parser.add_argument("--quantize", choices=["int8"], help="also write an int8 CPU artifact")
     parser.add_argument(
-        "--no-optimize", action="store_true",
+        "--no-optimize",
+        action="store_true",
         help="skip the fused attention and ORT's transformer fusions",
     )
     parser.add_argument("--config", help="TOML settings file (the server's)")
@@ -37,12 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check artifacts under DIR")
     args = parser.parse_args(argv)
 
-    from service.app import build_pool
-    from service.settings import Settings
-
-    if args.config:
-        os.environ["VISION_API_CONFIG"] = str(Path(args.config).resolve())
-    pool = build_pool(Settings.load())
+    pool = build_pool(str(Path(args.config).resolve()) if args.config else None)
     images = args.images or default_images()
     if args.verify:
         return _verify(pool, args.verify, images)
@@ -59,13 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         images=images,
     )
     targets = (
-        [(family.name, None) for family in pool.registry if _exportable(family)]
+        [(family.name, None) for family in pool.registry if family_export(family) is not None]
         if args.all
         else [(args.model, args.variant)]
     )
     status = 0
     for model_type, variant in targets:
-        name, spec = pool.resolve(model_type, variant)
+        resolved = pool.resolve(model_type, variant)
+        name, spec = resolved.model_type, resolved.spec
         family = pool.registry.get(name)
         try:
             for path in export_variant(family, spec, options, pool.config.hf_token):
@@ -79,13 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _exportable(family: object) -> bool:
-    from engines.base import Family
-
-    return type(family).onnx_graphs is not Family.onnx_graphs
-
-
-def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
+def _verify(pool: ModelPool, root: Path, images: Sequence[Path]) -> int:
     """Re-run the parity check of every manifest under ``root`` against the configured torch."""
     from engines.artifacts import weights_sha256
     from engines.base import LoadRequest
@@ -101,9 +102,10 @@ def _verify(pool: object, root: Path, images: Sequence[Path]) -> int:
     for path in manifests:
         manifest = read_manifest(path.parent)
         label = f"{manifest.model_type}/{manifest.variant} [{manifest.precision}]"
-        name, spec = pool.resolve(manifest.model_type, manifest.variant)  # type: ignore[attr-defined]
-        family = pool.registry.get(name)  # type: ignore[attr-defined]
-        checkpoint = resolve_checkpoint(spec.source, pool.config.hf_token)  # type: ignore[attr-defined]
+        resolved = pool.resolve(manifest.model_type, manifest.variant)
+        spec = resolved.spec
+        family = pool.registry.get(resolved.model_type)
+        checkpoint = resolve_checkpoint(spec.source, pool.config.hf_token)
         if weights_sha256(checkpoint) != manifest.weights_sha256:
             print(f"{label}: FAILED: exported from other weights than {spec.source}")
             status = 1

@@ -26,7 +26,7 @@ from engines.artifacts import (
 from engines.base import Family, LoadRequest, OnnxGraph, Pipeline, VariantSpec
 from engines.checkpoints import resolve_checkpoint
 from export.attention import fused_attention
-from export.parity import ParityError, ReferenceRuns, compare, reference_runs
+from export.parity import ParityError, ReferenceRuns, compare, exporter, reference_runs
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -89,12 +89,13 @@ def export_variant(
     """
     import torch
 
+    export = exporter(family)
     threads = options.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     checkpoint = resolve_checkpoint(spec.source, hf_token)
     request = LoadRequest(spec, "cpu", "float32", threads, hf_token)
     torch_pipeline = family.load_torch(request)
-    graphs = family.onnx_graphs(torch_pipeline)
+    graphs = export.graphs(torch_pipeline)
     weights = weights_sha256(checkpoint)
     directory = artifact_dir(options.out, family.name, spec.name, "fp32")
     _fresh(directory)
@@ -120,7 +121,7 @@ def export_variant(
         exporter="torch.onnx (legacy TorchScript exporter, dynamo=False)",
         versions=_versions(),
         parity={},
-        gates={k: f"{op} {v}" for k, (op, v) in family.parity_gates.items()},
+        gates={k: f"{op} {v}" for k, (op, v) in export.parity_gates.items()},
         created_at=datetime.now(UTC).isoformat(),
         notes=notes,
     )
@@ -361,4 +362,3 @@ def msgspec_replace(manifest: Manifest, **changes: Any) -> Manifest:
     import msgspec
 
     return msgspec.structs.replace(manifest, **changes)
-

@@ -10,13 +10,26 @@ from typing import Any
 
 from PIL import Image
 
-from engines.base import Family, Pipeline, run_pipeline
+from engines.base import Family, FamilyExport, Pipeline, family_export, run_pipeline
+from engines.errors import NotFoundError
 
 DEFAULT_PHOTOS = ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
 
 
 class ParityError(RuntimeError):
     """A parity gate failed or an output was not finite."""
+
+
+def exporter(family: Family) -> FamilyExport:
+    """The family's export description (``EXPORT`` in its package's ``export.py``).
+
+    Raises:
+        NotFoundError: The family has no ONNX export.
+    """
+    export = family_export(family)
+    if export is None:
+        raise NotFoundError(f"{family.name} has no ONNX export yet; serve it with engine 'torch'.")
+    return export
 
 
 def default_images() -> list[Path]:
@@ -51,7 +64,7 @@ def reference_runs(
         raise ParityError("no photos to check parity on")
     runs = [
         (options, batch, run_pipeline(reference, images, options, max_batch_size=batch))
-        for options in family.parity_options()
+        for options in exporter(family).parity_options()
         for batch in (1, 4)
     ]
     return ReferenceRuns(images, runs)
@@ -72,26 +85,25 @@ def compare(
     Raises:
         ParityError: A gate failed or an output was NaN/Inf.
     """
+    export = exporter(family)
     worst: dict[str, float] = {}
     for options, batch, reference_results in expected.runs:
         got = run_pipeline(candidate, expected.images, options, max_batch_size=batch)
         if not _finite(got):
             raise ParityError(f"{family.name}: the ONNX pipeline produced NaN or Inf")
-        for metric, value in family.parity_metrics(reference_results, got).items():
-            op = family.parity_gates.get(metric, ("<=", math.inf))[0]
+        for metric, value in export.parity_metrics(reference_results, got).items():
+            op = export.parity_gates.get(metric, ("<=", math.inf))[0]
             previous = worst.get(metric)
             if previous is None or (value < previous if op == ">=" else value > previous):
                 worst[metric] = value
     if enforce_gates:
-        failed = failed_gates(family.parity_gates, worst)
+        failed = failed_gates(export.parity_gates, worst)
         if failed:
             raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
     return worst
 
 
-def failed_gates(
-    gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]
-) -> list[str]:
+def failed_gates(gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]) -> list[str]:
     """The gates (metric → (">=" or "<=", limit)) that ``figures`` fail, described."""
     return [
         f"{metric} = {figures[metric]:.6g} (gate {op} {limit})"

@@ -4,71 +4,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
-from engines.base import VariantSpec
-from engines.pool import ModelPool, PoolConfig
-from engines.registry import FamilyRegistry, VariantTable, default_registry
+from engines.registry import FamilyRegistry
 from service import __version__
+from service.endpoints import discover_endpoints
 from service.errors import EXCEPTION_HANDLERS
-from service.images import ImageDecoder
 from service.inference import InferenceService
 from service.jobs.base import JobBackend
-from service.routes.inference import InferenceController
+from service.request_ids import configure_logging, request_id_middleware
+from service.routes.inference import inference_router
+from service.routes.jobs import jobs_router
 from service.routes.models import ModelsController
 from service.routes.system import health, redoc, root, swagger_ui
+from service.schemas.common import Endpoint
 from service.settings import Settings
-from service.urlfetch import UrlFetcher, UrlPolicy
+from service.wiring import build_inference, build_pool
 
 log = logging.getLogger(__name__)
-
-
-def build_pool(settings: Settings, registry: FamilyRegistry | None = None) -> ModelPool:
-    """The model pool described by ``settings``."""
-    runtime = settings.runtime
-    tables = {
-        model_type: VariantTable(
-            config.default_variant or "",
-            {
-                name: VariantSpec(name, v.source, v.license or "see the checkpoint's model card")
-                for name, v in config.variants.items()
-            },
-        )
-        for model_type, config in settings.models.items()
-    }
-    config = PoolConfig(
-        device=runtime.device,
-        dtype=runtime.dtype,
-        engine=runtime.engine,
-        torch_threads=runtime.torch_threads,
-        lazy_loading=runtime.lazy_loading,
-        max_batch_size=runtime.max_batch_size,
-        compute_workers=runtime.compute_workers,
-        hf_token=settings.hf_token,
-        artifacts_dir=Path(runtime.artifacts_dir),
-        onnx_precision=runtime.onnx_precision,
-        ort_providers=tuple(runtime.ort_providers),
-        ort_optimization=runtime.ort_optimization,
-        variants=tables,
-    )
-    return ModelPool(registry or default_registry(), config)
-
-
-def build_inference(settings: Settings, pool: ModelPool) -> InferenceService:
-    """Image decoding under the URL policy, around the pool."""
-    urls = settings.urls
-    policy = UrlPolicy.build(
-        urls.url_timeout_s, urls.url_max_bytes, urls.url_max_redirects, urls.url_allowed_networks
-    )
-    decoder = ImageDecoder(UrlFetcher(policy), settings.limits.max_image_pixels)
-    return InferenceService(pool, decoder, settings.limits.max_images_per_request)
 
 
 def build_jobs(settings: Settings, inference: InferenceService) -> JobBackend:
@@ -79,16 +38,25 @@ def build_jobs(settings: Settings, inference: InferenceService) -> JobBackend:
 
 
 def create_app(
-    settings: Settings | None = None, registry: FamilyRegistry | None = None
+    settings: Settings | None = None,
+    registry: FamilyRegistry | None = None,
+    endpoints: Sequence[Endpoint] = (),
 ) -> Litestar:
     """Build the Litestar app for ``settings`` (read from the environment when omitted).
 
-    ``registry`` replaces the built-in model families (tests drive HTTP mechanics with it).
+    Args:
+        settings: The settings; ``Settings.load()`` when omitted.
+        registry: Replaces the built-in model families (tests drive HTTP mechanics with it).
+        endpoints: Endpoints of families whose schema module is not in ``service/schemas``.
+
+    Raises:
+        EndpointMismatchError: The HTTP schemas and the family registry disagree.
     """
     settings = settings or Settings.load()
     pool = build_pool(settings, registry)
-    inference = build_inference(settings, pool)
+    inference = build_inference(settings, pool, discover_endpoints(pool.registry, endpoints))
     jobs = build_jobs(settings, inference)
+    served = list(inference.endpoints.values())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -103,8 +71,6 @@ def create_app(
             await jobs.close()
             await pool.close()
 
-    from service.routes.jobs import JobsController
-
     return Litestar(
         route_handlers=[
             root,
@@ -112,9 +78,11 @@ def create_app(
             swagger_ui,
             redoc,
             ModelsController,
-            InferenceController,
-            JobsController,
+            inference_router(served),
+            jobs_router(served),
         ],
+        middleware=[request_id_middleware],
+        logging_config=None,  # configure_logging's format (with the request id) stays
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "pool": Provide(lambda: pool, use_cache=True, sync_to_thread=False),
@@ -138,5 +106,5 @@ def create_app(
 
 def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory service.app:app_from_env`` (reads ``VISION_API_*``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return create_app()

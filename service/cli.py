@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["export"]:  # its own parser: options may come before the model name
         from export.cli import main as export_main
 
-        return export_main(argv[1:])
+        return export_main(argv[1:], _export_pool)
     parser = argparse.ArgumentParser(prog="vision-api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -36,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)
+
+
+def _export_pool(config_path: str | None) -> Any:
+    """The server's model pool for ``vision-api export`` (same settings, same wiring)."""
+    from service.settings import Settings
+    from service.wiring import build_pool
+
+    return build_pool(Settings.load(config_path))
 
 
 def _serve(args: argparse.Namespace) -> int:

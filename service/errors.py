@@ -22,6 +22,7 @@ from engines.errors import (
     UnavailableError,
     VisionError,
 )
+from service.request_ids import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def vision_error_handler(_: Request, exc: VisionError) -> Response:
     headers = None
     if isinstance(exc, UnavailableError) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}
+    if status >= 500:  # the log has the traceback under this id
+        return _json(status, exc.detail, headers, request_id=current_request_id())
     return _json(status, exc.detail, headers)
 
 
@@ -82,7 +85,11 @@ def http_error_handler(_: Request, exc: HTTPException) -> Response:
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     """Anything unexpected: logged with its traceback, a 500 without internals."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _json(500, "Internal server error; the server log has the details.")
+    return _json(
+        500,
+        "Internal server error; the server log has the details.",
+        request_id=current_request_id(),
+    )
 
 
 EXCEPTION_HANDLERS = {

@@ -64,9 +64,7 @@ class ImageDecoder:
         """The raw bytes of one item (base64 decoded or fetched)."""
         if isinstance(item, ImageRef):
             if (item.data is None) == (item.url is None):
-                raise InvalidInputError(
-                    f"images[{index}]: give exactly one of 'data' and 'url'."
-                )
+                raise InvalidInputError(f"images[{index}]: give exactly one of 'data' and 'url'.")
             if item.url is not None:
                 return await self._fetch(index, item.url)
             return _b64decode(index, item.data or "")
@@ -91,7 +89,7 @@ class ImageDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image: Image.Image = Image.open(io.BytesIO(data))
                 pixels = image.width * image.height
                 if pixels > self.max_pixels:
                     raise PayloadTooLargeError(
@@ -101,8 +99,13 @@ class ImageDecoder:
                 image.load()
                 image = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb(image)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-                Image.DecompressionBombError) as exc:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as exc:
             raise InvalidInputError(
                 f"images[{index}]: not a decodable image ({type(exc).__name__}); "
                 "send JPEG, PNG, WebP, BMP, TIFF or GIF bytes."
@@ -130,7 +133,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _b64decode(index: int, text: str) -> bytes:
     match = DATA_URI.match(text)
     if match:
-        text = text[match.end():]
+        text = text[match.end() :]
     elif text.startswith("data:"):
         raise InvalidInputError(
             f"images[{index}]: only base64 data URIs are accepted (data:image/...;base64,...)."

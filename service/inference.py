@@ -7,27 +7,15 @@ synchronous endpoint would have answered.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from engines.errors import PayloadTooLargeError
-from engines.pool import ModelPool
+from engines.errors import NotFoundError, PayloadTooLargeError
+from engines.pool import ModelPool, ResolvedModel
 from service.images import DecodedImage, ImageDecoder
-from service.schemas.common import ImageInput, InferenceRequest, InferenceResponse
-from service.schemas.depth_anything import DepthAnythingRequest, DepthAnythingResponse
-from service.schemas.dinov3 import Dinov3Request, Dinov3Response
-from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
-from service.schemas.sam3 import Sam3Request, Sam3Response
-
-# Model type → (request schema, response schema). Families add their line here.
-SCHEMAS: dict[str, tuple[type[InferenceRequest], type[InferenceResponse]]] = {
-    "dinov3": (Dinov3Request, Dinov3Response),
-    "grounding-dino": (GroundingDinoRequest, GroundingDinoResponse),
-    "sam3": (Sam3Request, Sam3Response),
-    "depth-anything": (DepthAnythingRequest, DepthAnythingResponse),
-}
+from service.schemas.common import Endpoint, ImageInput, InferenceRequest, InferenceResponse
 
 
 class InferenceService:
@@ -37,12 +25,32 @@ class InferenceService:
         pool: The model pool.
         decoder: Image decoding under the URL policy and pixel limit.
         max_images: Most images in one request (413 beyond).
+        endpoints: Canonical model type → its endpoint (request and response types).
     """
 
-    def __init__(self, pool: ModelPool, decoder: ImageDecoder, max_images: int) -> None:
+    def __init__(
+        self,
+        pool: ModelPool,
+        decoder: ImageDecoder,
+        max_images: int,
+        endpoints: Mapping[str, Endpoint],
+    ) -> None:
         self.pool = pool
         self.decoder = decoder
         self.max_images = max_images
+        self.endpoints = dict(endpoints)
+
+    def endpoint(self, model_type: str) -> Endpoint:
+        """The endpoint of a model type or alias.
+
+        Raises:
+            NotFoundError: Unknown model type, or one without an inference endpoint.
+        """
+        name = self.pool.registry.canonical(model_type)
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise NotFoundError(f"Model type {name} has no inference endpoint.") from None
 
     def check_count(self, images: Sequence[ImageInput]) -> None:
         """Raise a 413 error when a request has more images than allowed."""
@@ -60,13 +68,13 @@ class InferenceService:
     async def run(self, model_type: str, request: InferenceRequest) -> InferenceResponse:
         """Decode and infer; the response of ``model_type``'s endpoint."""
         started = time.perf_counter()
-        self.pool.resolve(model_type, request.variant)  # a 404 before any image is fetched
+        resolved = self.pool.resolve(model_type, request.variant)  # 404 before any fetch
         images = await self.decode(request)
-        return await self.run_decoded(model_type, request, images, started)
+        return await self.run_decoded(resolved, request, images, started)
 
     async def run_decoded(
         self,
-        model_type: str,
+        resolved: ResolvedModel,
         request: InferenceRequest,
         images: Sequence[DecodedImage],
         started: float | None = None,
@@ -74,19 +82,17 @@ class InferenceService:
         """Infer on already decoded images (the job worker's entry point)."""
         started = time.perf_counter() if started is None else started
         decode_ms = (time.perf_counter() - started) * 1e3
-        name = self.pool.registry.canonical(model_type)
-        outcome = await self.pool.infer(name, request.variant, [d.image for d in images], request)
+        outcome = await self.pool.run(resolved, [d.image for d in images], request)
         timings: dict[str, Any] = {"decode": decode_ms, **outcome.timings_ms}
         timings["total"] = (time.perf_counter() - started) * 1e3
-        response_type = SCHEMAS[name][1]
         return msgspec.convert(
             {
-                "model_type": name,
+                "model_type": resolved.model_type,
                 "variant": outcome.model.variant,
                 "engine": outcome.model.engine,
                 "device": outcome.model.device,
                 "results": outcome.results,
                 "timings_ms": {k: round(v, 3) for k, v in timings.items()},
             },
-            response_type,
+            self.endpoints[resolved.model_type].response,
         )

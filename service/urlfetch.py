@@ -121,7 +121,7 @@ class UrlFetcher:
                 )
             except OSError:
                 raise InvalidInputError(f"Cannot resolve host {host!r} of {url}.") from None
-            addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         refused = [a for a in addresses if not self.policy.allows(a)]
         if refused or not addresses:
             raise InvalidInputError(
@@ -153,9 +153,7 @@ def _parse(url: str) -> httpx.URL:
     except (httpx.InvalidURL, TypeError):
         raise InvalidInputError(f"Invalid URL {url!r}.") from None
     if parsed.scheme not in ("http", "https"):
-        raise InvalidInputError(
-            f"URL scheme {parsed.scheme!r} is not allowed; use http or https."
-        )
+        raise InvalidInputError(f"URL scheme {parsed.scheme!r} is not allowed; use http or https.")
     if not parsed.host:
         raise InvalidInputError(f"URL {url!r} has no host.")
     return parsed

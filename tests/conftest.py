@@ -73,7 +73,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: list[str], env: dict[str, str], port: int, timeout_s: float = 60) -> subprocess.Popen[bytes]:
+def start_server(
+    args: list[str], env: dict[str, str], port: int, timeout_s: float = 60
+) -> subprocess.Popen[bytes]:
     """Start ``vision-api serve`` (or another CLI command) and wait for ``/health``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", *args],
@@ -84,7 +86,9 @@ def start_server(args: list[str], env: dict[str, str], port: int, timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
+            raise RuntimeError(
+                f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc

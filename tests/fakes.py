@@ -9,14 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from PIL import Image
 
 from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
 from engines.registry import FamilyRegistry
+from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 
 class GateCore:
@@ -54,11 +55,37 @@ class GatePipeline(Pipeline[Any]):
         return {**raw, "width": prepared.width}
 
 
+class GateOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The gate family reads no option."""
+
+
+class GateRequest(GateOptions, kw_only=True, forbid_unknown_fields=True):
+    images: Images
+    variant: Variant = None
+
+
+class GateResponse(InferenceResponse, kw_only=True):
+    results: list[dict[str, Any]]
+
+
+GATE_ENDPOINT = Endpoint(
+    model_type="gate",
+    request=GateRequest,
+    response=GateResponse,
+    summary="Sums of pixels",
+    description="The gate family's answer.",
+)
+
+
 class GateFamily(Family):
     name = "gate"
     aliases = ("gate_alias",)
     default_variant = "one"
-    variants = {"one": VariantSpec("one", "memory://one"), "two": VariantSpec("two", "memory://two")}
+    options_type = GateOptions
+    variants = {
+        "one": VariantSpec("one", "memory://one"),
+        "two": VariantSpec("two", "memory://two"),
+    }
 
     def __init__(self, load_s: float = 0.2) -> None:
         self.gate = threading.Event()
@@ -75,9 +102,6 @@ class GateFamily(Family):
         core = GateCore(self.gate)
         self.cores.append(core)
         return GatePipeline(core)
-
-    def write_tiny(self, directory: Path) -> dict[str, str]:
-        return {}
 
 
 def gate_registry(family: GateFamily) -> FamilyRegistry:

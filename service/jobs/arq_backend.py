@@ -23,7 +23,7 @@ from engines.errors import UnavailableError
 from service.images import DecodedImage
 from service.inference import InferenceService
 from service.jobs.base import QUEUE_FULL_RETRY_AFTER_S, JobBackend, unknown_job
-from service.jobs.execution import Outcome, encode_payload
+from service.jobs.execution import JobOutcome, encode_payload
 from service.jobs.redis_store import RedisJobStore, Snapshot, derive
 from service.schemas.common import InferenceRequest
 from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted, JobSummary
@@ -65,8 +65,10 @@ class RedisJobBackend(JobBackend):
     def store(self) -> RedisJobStore:
         """The job records (after :meth:`start`)."""
         if self._store is None:
-            raise UnavailableError("The job store is not connected yet (the server is starting).",
-                                   retry_after_s=UNREACHABLE_RETRY_AFTER_S)
+            raise UnavailableError(
+                "The job store is not connected yet (the server is starting).",
+                retry_after_s=UNREACHABLE_RETRY_AFTER_S,
+            )
         return self._store
 
     async def start(self) -> None:
@@ -129,10 +131,15 @@ class RedisJobBackend(JobBackend):
                     retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
                 )
             job_id = uuid.uuid4().hex
-            created_ms = await store.create(job_id, model_type,
-                                            encode_payload(model_type, request, images))
-        return JobSubmitted(job_id=job_id, model_type=model_type, status="pending",
-                            created_at=datetime.fromtimestamp(created_ms / 1000, UTC))
+            created_ms = await store.create(
+                job_id, model_type, encode_payload(model_type, request, images)
+            )
+        return JobSubmitted(
+            job_id=job_id,
+            model_type=model_type,
+            status="pending",
+            created_at=datetime.fromtimestamp(created_ms / 1000, UTC),
+        )
 
     async def get(self, job_id: str) -> Job:
         """The job with its result."""
@@ -157,8 +164,9 @@ class RedisJobBackend(JobBackend):
             gone: list[str] = []
             for start in range(0, len(ids), _LIST_CHUNK):
                 chunk = ids[start : start + _LIST_CHUNK]
-                for job_id, snapshot in zip(chunk, await store.snapshots(chunk, False),
-                                            strict=True):
+                for job_id, snapshot in zip(
+                    chunk, await store.snapshots(chunk, False), strict=True
+                ):
                     if snapshot is None:
                         gone.append(job_id)
                         continue
@@ -173,13 +181,18 @@ class RedisJobBackend(JobBackend):
     async def _resolve(self, store: RedisJobStore, snapshot: Snapshot) -> Job:
         job, ended_ms = derive(snapshot, self.settings.jobs)
         if ended_ms is not None:  # arq ended it; record that so it expires like any other
-            await store.finish(job.job_id, Outcome(error=job.error), ended_ms)
+            await store.finish(job.job_id, JobOutcome(error=job.error), ended_ms)
         return job
 
 
 def _summary(job: Job) -> JobSummary:
     return JobSummary(
-        job_id=job.job_id, model_type=job.model_type, status=job.status,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        error=job.error, attempts=job.attempts,
+        job_id=job.job_id,
+        model_type=job.model_type,
+        status=job.status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=job.error,
+        attempts=job.attempts,
     )

@@ -32,4 +32,5 @@ def serialize(data: dict[str, Any]) -> bytes:
 
 def deserialize(raw: bytes) -> dict[str, Any]:
     """Decode an arq job or result dict from msgpack."""
-    return _decoder.decode(raw)  # type: ignore[no-any-return]
+    decoded: dict[str, Any] = _decoder.decode(raw)
+    return decoded

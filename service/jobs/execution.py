@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from engines.errors import UnavailableError, VisionError
 from service.images import DecodedImage
-from service.inference import SCHEMAS, InferenceService
+from service.inference import InferenceService
 from service.schemas.common import InferenceRequest
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class JobPayload(msgspec.Struct, kw_only=True, array_like=True):
 
 
 @dataclass
-class Outcome:
+class JobOutcome:
     """How one run of a job ended: a response, or an error for the API's user."""
 
     response: msgspec.Struct | None = None
@@ -50,7 +51,7 @@ def encode_payload(
 ) -> bytes:
     """The msgpack bytes that go onto the queue."""
     refs = [f"job-image:{i}" for i in range(len(images))]
-    stripped = msgspec.structs.replace(request, images=refs)  # type: ignore[arg-type]
+    stripped = msgspec.structs.replace(request, images=refs)  # type: ignore[type-var]
     return msgspec.msgpack.encode(
         JobPayload(
             model_type=model_type,
@@ -60,10 +61,17 @@ def encode_payload(
     )
 
 
-def decode_payload(raw: bytes) -> tuple[str, InferenceRequest, list[bytes]]:
-    """The model type, the request (image references in place of images) and the bytes."""
+def decode_payload(
+    raw: bytes, request_types: Mapping[str, type[Any]]
+) -> tuple[str, InferenceRequest, list[bytes]]:
+    """The model type, the request (image references in place of images) and the bytes.
+
+    Args:
+        raw: What :func:`encode_payload` wrote.
+        request_types: Canonical model type → its request Struct.
+    """
     payload = msgspec.msgpack.decode(raw, type=JobPayload)
-    request = msgspec.msgpack.decode(payload.request, type=SCHEMAS[payload.model_type][0])
+    request = msgspec.msgpack.decode(payload.request, type=request_types[payload.model_type])
     return payload.model_type, request, payload.images
 
 
@@ -72,7 +80,7 @@ async def run_inference(
     model_type: str,
     request: InferenceRequest,
     images: Sequence[DecodedImage | bytes],
-) -> Outcome:
+) -> JobOutcome:
     """Run a job's inference; never raises but for cancellation.
 
     ``images`` are decoded images (in-process backend) or their validated bytes (from the
@@ -81,19 +89,21 @@ async def run_inference(
     started = time.perf_counter()
     try:
         decoded = [
-            image if isinstance(image, DecodedImage)
+            image
+            if isinstance(image, DecodedImage)
             else await asyncio.to_thread(inference.decoder.decode_bytes, index, image)
             for index, image in enumerate(images)
         ]
-        response = await inference.run_decoded(model_type, request, decoded, started)
+        resolved = inference.pool.resolve(model_type, request.variant)
+        response = await inference.run_decoded(resolved, request, decoded, started)
     except UnavailableError as exc:
-        return Outcome(error=exc.detail, retry_after_s=exc.retry_after_s or 5)
+        return JobOutcome(error=exc.detail, retry_after_s=exc.retry_after_s or 5)
     except VisionError as exc:
-        return Outcome(error=exc.detail)
+        return JobOutcome(error=exc.detail)
     except Exception as exc:  # the job fails; the worker keeps going
         log.exception("job on %s failed", model_type)
-        return Outcome(
+        return JobOutcome(
             error=f"Internal error while running the job ({type(exc).__name__}); "
             "the server log has the details."
         )
-    return Outcome(response=response)
+    return JobOutcome(response=response)

@@ -47,9 +47,14 @@ class _Record:
 
     def view(self) -> Job:
         return Job(
-            job_id=self.job_id, model_type=self.model_type, status=self.status,
-            created_at=self.created_at, started_at=self.started_at,
-            finished_at=self.finished_at, error=self.error, attempts=self.attempts,
+            job_id=self.job_id,
+            model_type=self.model_type,
+            status=self.status,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            attempts=self.attempts,
             result=self.result,
         )
 
@@ -100,8 +105,10 @@ class MemoryJobBackend(JobBackend):
     ) -> JobSubmitted:
         """Queue a job, or refuse it when ``max_pending_jobs`` are unfinished."""
         if self._queue is None:
-            raise UnavailableError("The job queue is not running (the server is starting or "
-                                   "stopping).", retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
+            raise UnavailableError(
+                "The job queue is not running (the server is starting or stopping).",
+                retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+            )
         if self._unfinished >= self.settings.max_pending_jobs:
             raise UnavailableError(
                 f"The job queue is full ({self._unfinished} jobs waiting or running, limit "
@@ -112,8 +119,12 @@ class MemoryJobBackend(JobBackend):
         self._jobs[record.job_id] = record
         self._unfinished += 1
         self._queue.put_nowait(record.job_id)
-        return JobSubmitted(job_id=record.job_id, model_type=model_type, status="pending",
-                            created_at=record.created_at)
+        return JobSubmitted(
+            job_id=record.job_id,
+            model_type=model_type,
+            status="pending",
+            created_at=record.created_at,
+        )
 
     async def get(self, job_id: str) -> Job:
         """The job with its result."""
@@ -179,8 +190,12 @@ class MemoryJobBackend(JobBackend):
                     self.inference, record.model_type, record.request, record.images
                 )
         except TimeoutError:
-            self._finish(record, None, f"The job ran longer than job_timeout_s "
-                                       f"({self.settings.job_timeout_s:g} s) and was stopped.")
+            self._finish(
+                record,
+                None,
+                f"The job ran longer than job_timeout_s "
+                f"({self.settings.job_timeout_s:g} s) and was stopped.",
+            )
             return
         result = msgspec.to_builtins(outcome.response) if outcome.response is not None else None
         self._finish(record, result, outcome.error)

@@ -38,7 +38,7 @@ from arq.jobs import deserialize_result, serialize_job
 from redis.asyncio import Redis
 
 from service.jobs import codec
-from service.jobs.execution import Outcome
+from service.jobs.execution import JobOutcome
 from service.schemas.jobs import FINAL_STATUSES, Job
 from service.settings import JobSettings
 
@@ -134,10 +134,15 @@ class RedisJobStore:
             FUNCTION_NAME, (payload,), {}, None, created, serializer=codec.serialize
         )
         async with self.redis.pipeline(transaction=True) as tr:
-            tr.hset(self.key(job_id), mapping={
-                "model_type": model_type, "status": "pending", "created_ms": created,
-                "attempts": 0,
-            })
+            tr.hset(
+                self.key(job_id),
+                mapping={
+                    "model_type": model_type,
+                    "status": "pending",
+                    "created_ms": created,
+                    "attempts": 0,
+                },
+            )
             tr.pexpire(self.key(job_id), self.lifetime_ms)
             tr.zadd(self.index, {job_id: created})
             tr.psetex(job_key_prefix + job_id, expires_extra_ms, job)
@@ -166,8 +171,11 @@ class RedisJobStore:
             if record["status"] is None:
                 out.append(None)
                 continue
-            out.append(Snapshot(job_id, record, record.pop("result", None), bool(in_progress),
-                                score, arq_result))
+            out.append(
+                Snapshot(
+                    job_id, record, record.pop("result", None), bool(in_progress), score, arq_result
+                )
+            )
         return out
 
     async def remove(self, job_id: str) -> bool:
@@ -180,8 +188,12 @@ class RedisJobStore:
             tr.exists(self.key(job_id))
             tr.exists(in_progress_key_prefix + job_id)
             tr.zrem(self.queue, job_id)
-            tr.delete(self.key(job_id), job_key_prefix + job_id, result_key_prefix + job_id,
-                      retry_key_prefix + job_id)
+            tr.delete(
+                self.key(job_id),
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                retry_key_prefix + job_id,
+            )
             tr.zrem(self.index, job_id)
             existed, in_progress, *_ = await tr.execute()
         if in_progress:
@@ -203,7 +215,9 @@ class RedisJobStore:
         reply = await self._start(keys=[self.key(job_id)], args=[now_ms(), attempt])
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def finish(self, job_id: str, outcome: Outcome, finished_ms: int | None = None) -> None:
+    async def finish(
+        self, job_id: str, outcome: JobOutcome, finished_ms: int | None = None
+    ) -> None:
         """Record the end of a job (once), kept for the retention time after it finished."""
         finished_ms = finished_ms or now_ms()
         result = b"" if outcome.response is None else msgspec.msgpack.encode(outcome.response)
@@ -267,13 +281,16 @@ def arq_failure_reason(result: object, success: bool, settings: JobSettings) -> 
     kind = result.get("exception") if isinstance(result, dict) else None
     message = str(result.get("message", "")) if isinstance(result, dict) else str(result)
     if kind == "TimeoutError":
-        return (f"The job ran longer than job_timeout_s ({settings.job_timeout_s:g} s) and was "
-                "stopped.")
+        return (
+            f"The job ran longer than job_timeout_s ({settings.job_timeout_s:g} s) and was stopped."
+        )
     if kind == "CancelledError":
         return "The job was cancelled."
     if kind == "JobExecutionFailed" and "retries exceeded" in message:
-        return (f"The job was started {settings.job_max_tries} times and never finished: each "
-                "time its worker stopped or died (job_max_tries reached).")
+        return (
+            f"The job was started {settings.job_max_tries} times and never finished: each "
+            "time its worker stopped or died (job_max_tries reached)."
+        )
     if kind == "JobExecutionFailed" and "expired" in message:
         return "The job waited in the queue until it expired; no worker took it."
     if not message:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 
 from service.inference import InferenceService
 from service.jobs import codec
-from service.jobs.execution import Outcome, decode_payload, run_inference
+from service.jobs.execution import JobOutcome, decode_payload, run_inference
 from service.jobs.redis_store import FUNCTION_NAME, RedisJobStore
 from service.settings import Settings
 
@@ -46,10 +47,12 @@ async def run_inference_job(ctx: dict[str, Any], payload: bytes) -> None:
         log.info("job %s not run: %s", job_id, state)  # deleted, or a re-run of a finished job
         return
     try:
-        model_type, request, images = decode_payload(payload)
+        inference: InferenceService = ctx["inference"]
+        request_types = {name: e.request for name, e in inference.endpoints.items()}
+        model_type, request, images = decode_payload(payload, request_types)
     except Exception as exc:  # a payload from an incompatible version of the API
         log.exception("job %s: undecodable payload", job_id)
-        await store.finish(job_id, Outcome(error=f"The queued job could not be read ({exc})."))
+        await store.finish(job_id, JobOutcome(error=f"The queued job could not be read ({exc})."))
         return
     if settings.jobs.debug_job_delay_s:
         await asyncio.sleep(settings.jobs.debug_job_delay_s)  # test aid, see JobSettings
@@ -65,32 +68,47 @@ class WorkerRuntime:
     Args:
         settings: The service settings; ``jobs.redis_url`` must be set.
         inference: Run jobs with this (the API's, for the embedded worker); when None, it is
-            built in the first ``on_startup``, once per process, and closed by :meth:`close`.
+            built with ``build`` in the first ``on_startup``, once per process, and closed by
+            :meth:`close`.
+        build: Builds the inference service from the settings (``service.wiring``'s, for a
+            standalone worker); required when ``inference`` is None.
     """
 
-    def __init__(self, settings: Settings, inference: InferenceService | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inference: InferenceService | None = None,
+        build: Callable[[Settings], InferenceService] | None = None,
+    ) -> None:
         if not settings.jobs.redis_url:
             raise ValueError("The arq worker needs VISION_API_REDIS_URL (jobs.redis_url).")
+        if inference is None and build is None:
+            raise ValueError("WorkerRuntime needs an inference service or a way to build one.")
         self.settings = settings
         self.inference = inference
+        self._build = build
         self._owned = inference is None
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
         """Arq's on_startup: load the models (first time only), fill the job context."""
         jobs = self.settings.jobs
         if self.inference is None:
-            from service.app import build_inference, build_pool
-
-            self.inference = build_inference(self.settings, build_pool(self.settings))
+            assert self._build is not None
+            self.inference = self._build(self.settings)
             for model_type in self.settings.runtime.preload:
                 name, _, variant = model_type.partition(":")
                 await self.inference.pool.load(name, variant or None)
         ctx["inference"] = self.inference
         ctx["settings"] = self.settings
         ctx["job_store"] = RedisJobStore(ctx["redis"], jobs)
-        log.info("job worker ready: queue %s:queue, %d jobs at a time, job_timeout_s %g, "
-                 "job_max_tries %d", jobs.redis_key_prefix, jobs.job_concurrency,
-                 jobs.job_timeout_s, jobs.job_max_tries)
+        log.info(
+            "job worker ready: queue %s:queue, %d jobs at a time, job_timeout_s %g, "
+            "job_max_tries %d",
+            jobs.redis_key_prefix,
+            jobs.job_concurrency,
+            jobs.job_timeout_s,
+            jobs.job_max_tries,
+        )
 
     async def close(self) -> None:
         """Unload the models this runtime loaded."""
@@ -143,8 +161,12 @@ async def supervise(runtime: WorkerRuntime, *, handle_signals: bool) -> None:
             if not stop.is_set():
                 raise  # our task was cancelled, not the worker stopped by a signal
         except (RedisError, OSError) as exc:
-            log.warning("job worker lost Redis (%s: %s); starting again in %g s",
-                        type(exc).__name__, exc, RESTART_S)
+            log.warning(
+                "job worker lost Redis (%s: %s); starting again in %g s",
+                type(exc).__name__,
+                exc,
+                RESTART_S,
+            )
         finally:
             with contextlib.suppress(Exception):
                 await worker.close()  # re-queues cancelled jobs, unless Redis is gone

@@ -32,8 +32,9 @@ def run_worker(config_path: str | None) -> int:
         )
         return 2
     from service.jobs.tasks import WorkerRuntime, supervise
+    from service.wiring import build_worker_inference
 
-    runtime = WorkerRuntime(settings)
+    runtime = WorkerRuntime(settings, build=build_worker_inference)
 
     async def main() -> None:
         try:

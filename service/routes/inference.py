@@ -1,81 +1,53 @@
-"""``POST /inference/{model}``: synchronous inference, one handler per model type."""
+"""``POST /inference/<model_type>``: one handler per registered family, built from its endpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
-from litestar import Controller, post
+from litestar import Router, post
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import Example
 from litestar.params import Body
 
 from service.inference import InferenceService
-from service.schemas.depth_anything import DepthAnythingRequest, DepthAnythingResponse
-from service.schemas.dinov3 import Dinov3Request, Dinov3Response
-from service.schemas.grounding_dino import GroundingDinoRequest, GroundingDinoResponse
-from service.schemas.sam3 import Sam3Request, Sam3Response
-
-IMAGE = "https://images.example.com/cat.jpg"
+from service.schemas.common import Endpoint
 
 
-def _body(summary: str, **fields: Any) -> Body:
-    """A JSON body with one documented example (shown in Swagger UI and ReDoc)."""
-    return Body(examples=[Example(summary=summary, value={"images": [IMAGE], **fields})])
+def inference_handler(endpoint: Endpoint) -> HTTPRouteHandler:
+    """The route handler of one endpoint: decode, run through the pool, answer in order."""
+    model_type = endpoint.model_type
+
+    async def handler(data: Any, inference: Any) -> Any:
+        return await inference.run(model_type, data)
+
+    body = Body(
+        examples=[Example(summary=endpoint.example_summary, value=endpoint.example)]
+        if endpoint.example
+        else None
+    )
+    # Litestar reads the body type, the dependency and the response type from the annotations.
+    handler.__annotations__ = {
+        "data": Annotated[endpoint.request, body],
+        "inference": NamedDependency[InferenceService],
+        "return": endpoint.response,
+    }
+    handler.__name__ = handler.__qualname__ = model_type.replace("-", "_")
+    handler.__doc__ = endpoint.description
+    words = "".join(part.capitalize() for part in model_type.split("-"))
+    return post(
+        f"/{model_type}",
+        status_code=200,
+        summary=endpoint.summary,
+        operation_id=f"Inference{words}{words}",
+    )(handler)
 
 
-class InferenceController(Controller):
-    """Decode the request, run it through the pool, return the results in input order."""
-
-    path = "/inference"
-    tags = ["inference"]
-
-    @post("/dinov3", status_code=200, summary="DINOv3 image embeddings and patch features")
-    async def dinov3(
-        self,
-        data: Annotated[
-            Dinov3Request,
-            _body("CLS embedding, L2-normalised", pooling="cls", normalize=True),
-        ],
-        inference: NamedDependency[InferenceService],
-    ) -> Dinov3Response:
-        """Embed each image; optionally return its patch features on their grid."""
-        return await inference.run("dinov3", data)  # type: ignore[return-value]
-
-    @post("/grounding-dino", status_code=200, summary="GroundingDINO open-vocabulary detection")
-    async def grounding_dino(
-        self,
-        data: Annotated[
-            GroundingDinoRequest,
-            _body("Two labels", prompts=["a cat", "a remote control"], box_threshold=0.35,
-                  text_threshold=0.25),
-        ],
-        inference: NamedDependency[InferenceService],
-    ) -> GroundingDinoResponse:
-        """Detect the objects the prompts name; each detection carries its whole prompt."""
-        return await inference.run("grounding-dino", data)  # type: ignore[return-value]
-
-    @post("/sam3", status_code=200, summary="SAM3 text-prompted instance segmentation")
-    async def sam3(
-        self,
-        data: Annotated[
-            Sam3Request,
-            _body("Two prompts, COCO RLE masks", prompts=["cat", "ear"], threshold=0.5,
-                  mask_threshold=0.5, output_format="rle"),
-        ],
-        inference: NamedDependency[InferenceService],
-    ) -> Sam3Response:
-        """Segment every instance of each prompt; each image is encoded once for all prompts."""
-        return await inference.run("sam3", data)  # type: ignore[return-value]
-
-    @post("/depth-anything", status_code=200, summary="Depth Anything depth estimation")
-    async def depth_anything(
-        self,
-        data: Annotated[
-            DepthAnythingRequest,
-            _body("Metric depth as a 16-bit PNG", variant="metric-large", output_format="png",
-                  focal_px=1000.0),
-        ],
-        inference: NamedDependency[InferenceService],
-    ) -> DepthAnythingResponse:
-        """Predict a depth map per image, at the image's size (metres for metric variants)."""
-        return await inference.run("depth-anything", data)  # type: ignore[return-value]
+def inference_router(endpoints: Iterable[Endpoint]) -> Router:
+    """``/inference`` with one ``POST`` per endpoint."""
+    return Router(
+        path="/inference",
+        route_handlers=[inference_handler(endpoint) for endpoint in endpoints],
+        tags=["inference"],
+    )

@@ -2,84 +2,92 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from litestar.params import FromPath, Parameter
 
-from service.inference import SCHEMAS, InferenceService
+from service.inference import InferenceService
 from service.jobs.base import JobBackend
-from service.jobs.intake import validate_submission
+from service.routes.intake import validate_submission
+from service.schemas.common import Endpoint
 from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted
 
 
-@dataclass
-class _SubmitOperation(Operation):
-    """The submit operation, with its body documented (the route reads it as raw bytes)."""
+def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
+    """``/jobs``; the submit body is documented as one of ``endpoints``' request bodies."""
+    refs = [Reference(f"#/components/schemas/{e.request.__name__}") for e in endpoints]
 
-    def __post_init__(self) -> None:
-        refs = [Reference(f"#/components/schemas/{request.__name__}")
-                for request, _ in SCHEMAS.values()]
-        self.request_body = RequestBody(
-            required=True,
-            description="The body of POST /inference/{model_type} for the same model type.",
-            content={"application/json": OpenAPIMediaType(schema=Schema(one_of=refs))},
-        )
+    @dataclass
+    class SubmitOperation(Operation):
+        """The submit operation, with its body documented (the route reads it as raw bytes)."""
 
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(
+                required=True,
+                description="The body of POST /inference/{model_type} for the same model type.",
+                content={"application/json": OpenAPIMediaType(schema=Schema(one_of=refs))},
+            )
 
-class JobsController(Controller):
-    """Submit, poll, list, cancel."""
-
-    path = "/jobs"
-    tags = ["jobs"]
-
-    @post(
-        "/submit/{model_type:str}",
-        status_code=202,
-        summary="Queue an inference job",
-        description="The body is the one of POST /inference/{model_type}, validated (images "
-        "fetched and decoded) before anything is queued: a bad body is a 400 here, not a "
-        "failed job. 503 with Retry-After when the queue is full or the job store is down.",
-        operation_class=_SubmitOperation,
-    )
-    async def submit(
-        self,
-        model_type: Annotated[
-            str,
-            Parameter(description="sam3, grounding-dino, depth-anything or dinov3 (aliases "
-                      "grounding_dino, depth_anything)."),
+    return Router(
+        path="/jobs",
+        route_handlers=[
+            post(
+                "/submit/{model_type:str}",
+                status_code=202,
+                summary="Queue an inference job",
+                description="The body is the one of POST /inference/{model_type}, validated "
+                "(images fetched and decoded) before anything is queued: a bad body is a 400 "
+                "here, not a failed job. 503 with Retry-After when the queue is full or the job "
+                "store is down.",
+                operation_class=SubmitOperation,
+            )(submit),
+            get_job,
+            delete_job,
+            list_jobs,
         ],
-        request: Request,
-        inference: NamedDependency[InferenceService],
-        jobs: NamedDependency[JobBackend],
-    ) -> JobSubmitted:
-        """Validate like the synchronous endpoint, then enqueue."""
-        name, data, images = await validate_submission(inference, model_type, await request.body())
-        return await jobs.submit(name, data, images)
+        tags=["jobs"],
+    )
 
-    @get("/{job_id:str}", summary="A job's status, and its result once completed")
-    async def get_job(self, job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> Job:
-        """404 for an unknown job, or one past its retention time."""
-        return await jobs.get(job_id)
 
-    @delete("/{job_id:str}", status_code=204, summary="Cancel a job, or forget a finished one")
-    async def delete_job(
-        self, job_id: FromPath[str], jobs: NamedDependency[JobBackend]
-    ) -> None:
-        """Cancel a pending or running job, or remove a finished one."""
-        await jobs.delete(job_id)
+async def submit(
+    model_type: Annotated[
+        str,
+        Parameter(
+            description="sam3, grounding-dino, depth-anything or dinov3 (aliases "
+            "grounding_dino, depth_anything)."
+        ),
+    ],
+    request: Request,
+    inference: NamedDependency[InferenceService],
+    jobs: NamedDependency[JobBackend],
+) -> JobSubmitted:
+    """Validate like the synchronous endpoint, then enqueue."""
+    resolved, data, images = await validate_submission(inference, model_type, await request.body())
+    return await jobs.submit(resolved.model_type, data, images)
 
-    @get("/", summary="Jobs, newest first")
-    async def list_jobs(
-        self,
-        jobs: NamedDependency[JobBackend],
-        status: Annotated[
-            JobStatus | None, Parameter(description="Only jobs in this status.")
-        ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000, description="Most jobs returned.")] = 100,
-    ) -> JobList:
-        """Entries without their result; ``total`` counts every match."""
-        return await jobs.list(status, limit)
+
+@get("/{job_id:str}", summary="A job's status, and its result once completed")
+async def get_job(job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> Job:
+    """404 for an unknown job, or one past its retention time."""
+    return await jobs.get(job_id)
+
+
+@delete("/{job_id:str}", status_code=204, summary="Cancel a job, or forget a finished one")
+async def delete_job(job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> None:
+    """Cancel a pending or running job, or remove a finished one."""
+    await jobs.delete(job_id)
+
+
+@get("/", summary="Jobs, newest first")
+async def list_jobs(
+    jobs: NamedDependency[JobBackend],
+    status: Annotated[JobStatus | None, Parameter(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="Most jobs returned.")] = 100,
+) -> JobList:
+    """Entries without their result; ``total`` counts every match."""
+    return await jobs.list(status, limit)

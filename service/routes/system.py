@@ -52,8 +52,8 @@ async def health(
         version=__version__,
         uptime_s=round(time.monotonic() - request.app.state.started_at, 3),
         device=DeviceInfo(
-            cuda_available=bool(gpus),
-            gpus=[Gpu(**vars(g)) for g in gpus],
+            cuda_available=None if gpus is None else bool(gpus),
+            gpus=None if gpus is None else [Gpu(**vars(g)) for g in gpus],
         ),
         memory=MemoryInfo(
             process_rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1),

@@ -1,8 +1,9 @@
-"""Schemas shared by every inference endpoint."""
+"""Schemas shared by every inference endpoint, and the declaration of an endpoint."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
 
 import msgspec
 from msgspec import Meta
@@ -29,11 +30,16 @@ Variant = Annotated[
 ]
 
 
-class InferenceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Fields every inference request has."""
+class InferenceRequest(Protocol):
+    """What every inference request has: its family's options plus these two fields.
 
-    images: Images
-    variant: Variant = None
+    A request Struct extends its family's options type (``engines/families/<name>/options.py``)
+    with ``images: Images`` and ``variant: Variant = None``, so the pipeline reads the request
+    as its options and the schema validates every field once, at the edge.
+    """
+
+    images: list[ImageInput]
+    variant: str | None
 
 
 class Timings(msgspec.Struct, kw_only=True):
@@ -54,3 +60,29 @@ class InferenceResponse(msgspec.Struct, kw_only=True):
     engine: str
     device: str
     timings_ms: Timings
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """``POST /inference/<model_type>`` of one family, as its schema module declares it.
+
+    Each ``service/schemas/<family>.py`` defines one as ``ENDPOINT``; the routes, the job
+    submission and the start-up check against the family registry are built from it.
+
+    Attributes:
+        model_type: The family's canonical name (the path segment).
+        request: The request Struct: the family's options type plus ``images`` and ``variant``.
+        response: The response Struct.
+        summary: The OpenAPI summary.
+        description: The OpenAPI description.
+        example: A request body shown in the docs (it validates against ``request``).
+        example_summary: The example's title.
+    """
+
+    model_type: str
+    request: type[Any]
+    response: type[InferenceResponse]
+    summary: str
+    description: str
+    example: dict[str, Any] = field(default_factory=dict)
+    example_summary: str = "Example"

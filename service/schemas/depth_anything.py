@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from service.schemas.common import InferenceRequest, InferenceResponse
+from engines.families.depth_anything.options import DepthAnythingOptions
+from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 
-class DepthAnythingRequest(InferenceRequest, kw_only=True, forbid_unknown_fields=True):
+class DepthAnythingRequest(DepthAnythingOptions, kw_only=True, forbid_unknown_fields=True):
     """Estimate a depth map for each image.
 
     Variants: Depth Anything 3 ``small`` (default), ``base``, ``large``, ``giant`` (any-view
@@ -23,26 +24,8 @@ class DepthAnythingRequest(InferenceRequest, kw_only=True, forbid_unknown_fields
     "focal_px": 1450.0}``
     """
 
-    output_format: Annotated[
-        Literal["array", "png"],
-        Meta(
-            description="array: the depth map as height rows of width floats; png: base64 of a "
-            "16-bit grayscale PNG holding round((d - min) / (max - min) * 65535)."
-        ),
-    ] = "array"
-    focal_px: (
-        Annotated[
-            float,
-            Meta(
-                gt=0,
-                description="Focal length of the camera in pixels of the input image (after "
-                "EXIF rotation). Metric variants use it to turn the network output into "
-                "metres; without it a 60° horizontal field of view is assumed. Relative "
-                "variants ignore it.",
-            ),
-        ]
-        | None
-    ) = None
+    images: Images
+    variant: Variant = None
 
 
 class ConfidenceStats(msgspec.Struct, kw_only=True):
@@ -80,27 +63,35 @@ class DepthAnythingResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     height: int
     kind: Annotated[
         Literal["relative", "metric"],
-        Meta(description="metric: absolute distances in units; relative: correct up to an "
-             "unknown scale (and, for inverse relations, shift)."),
+        Meta(
+            description="metric: absolute distances in units; relative: correct up to an "
+            "unknown scale (and, for inverse relations, shift)."
+        ),
     ]
     units: Annotated[Literal["m"] | None, Meta(description="m for metric maps, else null.")]
     relation: Annotated[
         Literal["depth", "inverse"],
-        Meta(description="depth: larger is farther (DA3); inverse: the map is relative "
-             "inverse depth, i.e. disparity, larger is nearer (V2)."),
+        Meta(
+            description="depth: larger is farther (DA3); inverse: the map is relative "
+            "inverse depth, i.e. disparity, larger is nearer (V2)."
+        ),
     ]
     min: Annotated[float, Meta(description="Smallest value of the map.")]
     max: Annotated[float, Meta(description="Largest value of the map.")]
     depth: Annotated[
         list[list[float]] | str,
-        Meta(description="array: height rows of width floats; png: base64 16-bit grayscale "
-             "PNG, value v maps back to min + v / 65535 * (max - min)."),
+        Meta(
+            description="array: height rows of width floats; png: base64 16-bit grayscale "
+            "PNG, value v maps back to min + v / 65535 * (max - min)."
+        ),
     ]
     confidence: ConfidenceStats | None = None
     intrinsics: Annotated[
         list[list[float]] | None,
-        Meta(description="DA3 any-view: predicted 3x3 camera matrix [[fx, 0, cx], [0, fy, cy], "
-             "[0, 0, 1]] in input-image pixels."),
+        Meta(
+            description="DA3 any-view: predicted 3x3 camera matrix [[fx, 0, cx], [0, fy, cy], "
+            "[0, 0, 1]] in input-image pixels."
+        ),
     ] = None
     focal_px: Annotated[
         float | None,
@@ -108,13 +99,17 @@ class DepthAnythingResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     ] = None
     focal_source: Annotated[
         Literal["request", "default_fov"] | None,
-        Meta(description="Metric DA3: focal_px came from the request, or from the default "
-             "60° horizontal field of view."),
+        Meta(
+            description="Metric DA3: focal_px came from the request, or from the default "
+            "60° horizontal field of view."
+        ),
     ] = None
     sky_fraction: Annotated[
         float | None,
-        Meta(description="DA3 mono / metric: share of the network's output pixels classified "
-             "as sky (score >= 0.3); they hold the 99th-percentile depth of the rest."),
+        Meta(
+            description="DA3 mono / metric: share of the network's output pixels classified "
+            "as sky (score >= 0.3); they hold the 99th-percentile depth of the rest."
+        ),
     ] = None
 
 
@@ -122,3 +117,19 @@ class DepthAnythingResponse(InferenceResponse, kw_only=True):
     """One result per input image, in order."""
 
     results: list[DepthAnythingResult]
+
+
+ENDPOINT = Endpoint(
+    model_type="depth-anything",
+    request=DepthAnythingRequest,
+    response=DepthAnythingResponse,
+    summary="Depth Anything depth estimation",
+    description="Predict a depth map per image, at the image's size (metres for metric variants).",
+    example={
+        "images": ["https://images.example.com/cat.jpg"],
+        "variant": "metric-large",
+        "output_format": "png",
+        "focal_px": 1000.0,
+    },
+    example_summary="Metric depth as a 16-bit PNG",
+)

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import msgspec
-from msgspec import Meta
 
-from service.schemas.common import InferenceRequest, InferenceResponse
+from engines.families.dinov3.options import Dinov3Options
+from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 
-class Dinov3Request(InferenceRequest, kw_only=True, forbid_unknown_fields=True):
-    """Embeddings request.
+class Dinov3Request(Dinov3Options, kw_only=True, forbid_unknown_fields=True):
+    """Embed each image; optionally return its patch features on their grid."""
 
-    ``pooling``: ``cls`` is the normed CLS token (``pooler_output``; for ConvNeXt variants,
-    which have no CLS token, their layer-normed global average pool), ``mean`` the mean of the
-    patch tokens (ConvNeXt: of the final feature map), ``none`` no embedding.
-    """
-
-    pooling: Literal["cls", "mean", "none"] = "cls"
-    normalize: Annotated[bool, Meta(description="L2-normalise the embedding.")] = True
-    return_patch_features: Annotated[
-        bool,
-        Meta(description="Also return the patch tokens on their grid (ConvNeXt: the last "
-             "feature map, stride 32)."),
-    ] = False
+    images: Images
+    variant: Variant = None
 
 
 class PatchFeatures(msgspec.Struct, kw_only=True):
@@ -47,3 +35,14 @@ class Dinov3Response(InferenceResponse, kw_only=True):
     """One result per input image, in order."""
 
     results: list[Dinov3Result]
+
+
+ENDPOINT = Endpoint(
+    model_type="dinov3",
+    request=Dinov3Request,
+    response=Dinov3Response,
+    summary="DINOv3 image embeddings and patch features",
+    description="Embed each image; optionally return its patch features on their grid.",
+    example={"images": ["https://images.example.com/cat.jpg"], "pooling": "cls", "normalize": True},
+    example_summary="CLS embedding, L2-normalised",
+)

@@ -7,22 +7,11 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from service.schemas.common import InferenceRequest, InferenceResponse
-
-Prompt = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=1000,
-        pattern=r"\S",
-        description="A label, e.g. 'a cat'. Labels are lowercased and joined as 'a cat. a dog.'; "
-        "all of them together may take at most 256 tokens (one more per label for the '.').",
-    ),
-]
-Score = Annotated[float, Meta(ge=0.0, le=1.0)]
+from engines.families.grounding_dino.options import GroundingDinoOptions
+from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 
-class GroundingDinoRequest(InferenceRequest, kw_only=True, forbid_unknown_fields=True):
+class GroundingDinoRequest(GroundingDinoOptions, kw_only=True, forbid_unknown_fields=True):
     """Detect the objects each prompt names in each image.
 
     The prompts are read together as one text; a box is kept when its best token probability is
@@ -30,16 +19,8 @@ class GroundingDinoRequest(InferenceRequest, kw_only=True, forbid_unknown_fields
     those above ``text_threshold`` (boxes matching only the separators are dropped).
     """
 
-    prompts: Annotated[
-        list[Prompt],
-        Meta(min_length=1, max_length=64, description="1 to 64 labels, e.g. ['cat', 'a dog']."),
-    ]
-    box_threshold: Annotated[
-        Score, Meta(description="Keep boxes whose best text-token probability is above this.")
-    ] = 0.35
-    text_threshold: Annotated[
-        Score, Meta(description="Tokens whose probability is above this may name the box.")
-    ] = 0.25
+    images: Images
+    variant: Variant = None
 
 
 class GroundingDinoDetection(msgspec.Struct, kw_only=True):
@@ -63,3 +44,19 @@ class GroundingDinoResponse(InferenceResponse, kw_only=True):
     """One result per input image, in order."""
 
     results: list[GroundingDinoResult]
+
+
+ENDPOINT = Endpoint(
+    model_type="grounding-dino",
+    request=GroundingDinoRequest,
+    response=GroundingDinoResponse,
+    summary="GroundingDINO open-vocabulary detection",
+    description="Detect the objects the prompts name; each detection carries its whole prompt.",
+    example={
+        "images": ["https://images.example.com/cat.jpg"],
+        "prompts": ["a cat", "a remote control"],
+        "box_threshold": 0.35,
+        "text_threshold": 0.25,
+    },
+    example_summary="Two labels",
+)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 
 class RootInfo(msgspec.Struct, kw_only=True):
@@ -29,8 +32,12 @@ class Gpu(msgspec.Struct, kw_only=True):
 class DeviceInfo(msgspec.Struct, kw_only=True):
     """Accelerators visible to the server."""
 
-    cuda_available: bool
-    gpus: list[Gpu]
+    cuda_available: Annotated[
+        bool | None, Meta(description="Null when torch is not installed in the API process.")
+    ]
+    gpus: Annotated[
+        list[Gpu] | None, Meta(description="Null when torch is not installed in the API process.")
+    ]
 
 
 class MemoryInfo(msgspec.Struct, kw_only=True):

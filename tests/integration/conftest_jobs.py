@@ -119,8 +119,12 @@ async def serve_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def wait_for(
-    client: httpx.AsyncClient, job_id: str, statuses: tuple[str, ...] = FINAL,
-    timeout_s: float = 60, seen: list[str] | None = None, poll_s: float = 0.05,
+    client: httpx.AsyncClient,
+    job_id: str,
+    statuses: tuple[str, ...] = FINAL,
+    timeout_s: float = 60,
+    seen: list[str] | None = None,
+    poll_s: float = 0.05,
 ) -> dict[str, Any]:
     """Poll ``GET /jobs/{id}`` until its status is one of ``statuses``; each status seen is
     appended to ``seen`` (once per change)."""
@@ -186,8 +190,9 @@ def start_worker(config: Path, env: dict[str, str], log: Path) -> Process:
 def start_api(config: Path, env: dict[str, str], log: Path) -> tuple[Process, str]:
     """``vision-api serve --config`` on a free port; the process and its base URL."""
     port = free_port()
-    return Process(["serve", "--config", str(config), "--port", str(port)], env, log), \
-        f"http://127.0.0.1:{port}"
+    return Process(
+        ["serve", "--config", str(config), "--port", str(port)], env, log
+    ), f"http://127.0.0.1:{port}"
 
 
 def wait_healthy(url: str, process: Process, timeout_s: float = 90) -> None:

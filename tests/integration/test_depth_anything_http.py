@@ -82,8 +82,7 @@ def test_batch_of_sizes_in_order_equals_single_requests(http: httpx.Client) -> N
         assert (result["width"], result["height"]) == size_of(name)
         (single,) = depth(http, [asset_b64(name)])["results"]
         scale = max(abs(single["min"]), abs(single["max"]))
-        np.testing.assert_allclose(result["depth"], single["depth"], rtol=1e-4,
-                                   atol=1e-5 * scale)
+        np.testing.assert_allclose(result["depth"], single["depth"], rtol=1e-4, atol=1e-5 * scale)
     assert batched[0]["min"] != batched[2]["min"]  # not one image's map twice
 
 
@@ -160,7 +159,8 @@ BAD_INPUTS = [
     [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
-def test_bad_input_is_a_clear_4xx(http: httpx.Client, extra: dict, status: int,
-                                  needle: str) -> None:
+def test_bad_input_is_a_clear_4xx(
+    http: httpx.Client, extra: dict, status: int, needle: str
+) -> None:
     response = http.post(PATH, json={"images": [asset_b64("chelsea.jpg")], **extra})
     assert_clear_error(response, status, needle)

@@ -116,12 +116,16 @@ def test_model_management(http: httpx.Client) -> None:
     again = http.post("/models/load", json={"model_type": "dinov3", "variant": "tiny-convnext"})
     assert again.json()["loaded_at"] == entry["loaded_at"]  # no-op
 
-    status = {(m["model_type"], m["variant"]): m for m in http.get("/models/status").json()["models"]}
+    status = {
+        (m["model_type"], m["variant"]): m for m in http.get("/models/status").json()["models"]
+    }
     assert status[("dinov3", "tiny-convnext")]["loaded"]
     assert status[("dinov3", "vits16")]["loaded"] is False
     assert status[("dinov3", "vits16")]["device"] is None
 
-    unloaded = http.post("/models/unload", json={"model_type": "dinov3", "variant": "tiny-convnext"})
+    unloaded = http.post(
+        "/models/unload", json={"model_type": "dinov3", "variant": "tiny-convnext"}
+    )
     assert unloaded.json() == {"unloaded": [{"model_type": "dinov3", "variant": "tiny-convnext"}]}
     assert http.post(
         "/models/unload", json={"model_type": "dinov3", "variant": "tiny-convnext"}
@@ -140,30 +144,74 @@ def _png(width: int, height: int) -> str:
 
 BAD_INPUTS = [
     ("malformed base64", "/inference/dinov3", {"images": ["not base64!!"]}, 400, "base64"),
-    ("not an image", "/inference/dinov3",
-     {"images": [base64.b64encode(b"hello world").decode()]}, 400, "decodable"),
+    (
+        "not an image",
+        "/inference/dinov3",
+        {"images": [base64.b64encode(b"hello world").decode()]},
+        400,
+        "decodable",
+    ),
     ("empty list", "/inference/dinov3", {"images": []}, 400, "images"),
-    ("misspelt field", "/inference/dinov3",
-     {"images": [asset_b64("chelsea.jpg")], "pooling_mode": "cls"}, 400, "pooling_mode"),
-    ("wrong type", "/inference/dinov3",
-     {"images": [asset_b64("chelsea.jpg")], "normalize": "yes"}, 400, "normalize"),
-    ("unknown pooling", "/inference/dinov3",
-     {"images": [asset_b64("chelsea.jpg")], "pooling": "max"}, 400, "pooling"),
-    ("too many images", "/inference/dinov3", {"images": [asset_b64("chelsea.jpg")] * 17}, 413,
-     "at most 16"),
-    ("unknown variant", "/inference/dinov3",
-     {"images": [asset_b64("chelsea.jpg")], "variant": "vit-huge-nope"}, 404, "vit-huge-nope"),
+    (
+        "misspelt field",
+        "/inference/dinov3",
+        {"images": [asset_b64("chelsea.jpg")], "pooling_mode": "cls"},
+        400,
+        "pooling_mode",
+    ),
+    (
+        "wrong type",
+        "/inference/dinov3",
+        {"images": [asset_b64("chelsea.jpg")], "normalize": "yes"},
+        400,
+        "normalize",
+    ),
+    (
+        "unknown pooling",
+        "/inference/dinov3",
+        {"images": [asset_b64("chelsea.jpg")], "pooling": "max"},
+        400,
+        "pooling",
+    ),
+    (
+        "too many images",
+        "/inference/dinov3",
+        {"images": [asset_b64("chelsea.jpg")] * 17},
+        413,
+        "at most 16",
+    ),
+    (
+        "unknown variant",
+        "/inference/dinov3",
+        {"images": [asset_b64("chelsea.jpg")], "variant": "vit-huge-nope"},
+        404,
+        "vit-huge-nope",
+    ),
     ("file url", "/inference/dinov3", {"images": ["file:///etc/passwd"]}, 400, "scheme"),
     ("loopback url", "/inference/dinov3", {"images": ["http://127.0.0.1/x.png"]}, 400, "refused"),
-    ("metadata url", "/inference/dinov3",
-     {"images": [{"url": "http://169.254.169.254/latest/meta-data/"}]}, 400, "refused"),
-    ("both data and url", "/inference/dinov3",
-     {"images": [{"data": asset_b64("chelsea.jpg"), "url": "http://example.com/a.png"}]}, 400,
-     "exactly one"),
+    (
+        "metadata url",
+        "/inference/dinov3",
+        {"images": [{"url": "http://169.254.169.254/latest/meta-data/"}]},
+        400,
+        "refused",
+    ),
+    (
+        "both data and url",
+        "/inference/dinov3",
+        {"images": [{"data": asset_b64("chelsea.jpg"), "url": "http://example.com/a.png"}]},
+        400,
+        "exactly one",
+    ),
     ("unknown model", "/models/load", {"model_type": "yolo"}, 404, "yolo"),
     ("cuda without gpu", "/models/load", {"model_type": "dinov3", "device": "cuda"}, 400, "CUDA"),
-    ("onnx without artifact", "/models/load", {"model_type": "dinov3", "engine": "onnx"}, 404,
-     "vision-api export"),
+    (
+        "onnx without artifact",
+        "/models/load",
+        {"model_type": "dinov3", "engine": "onnx"},
+        404,
+        "vision-api export",
+    ),
 ]
 
 

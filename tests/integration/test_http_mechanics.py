@@ -12,14 +12,16 @@ import uvicorn
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import free_port
-from tests.fakes import GateFamily, gate_registry
+from tests.fakes import GATE_ENDPOINT, GateFamily, gate_registry
 
 
 @pytest.fixture
 async def gate_server() -> AsyncIterator[tuple[str, GateFamily]]:
     """The real app under uvicorn, in this event loop, serving the gate family."""
     family = GateFamily()
-    app = create_app(Settings.load(environ={}), registry=gate_registry(family))
+    app = create_app(
+        Settings.load(environ={}), registry=gate_registry(family), endpoints=[GATE_ENDPOINT]
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())

@@ -62,17 +62,27 @@ async def test_lifecycle_matches_the_synchronous_endpoint(
         job = await wait_for(client, accepted["job_id"], seen=seen)
         # one job at a time: the second waits while the first runs
         assert seen == ["pending", "running", "completed"], seen
-        assert set(job) >= {"job_id", "model_type", "status", "created_at", "started_at",
-                            "finished_at", "result", "error"}
+        assert set(job) >= {
+            "job_id",
+            "model_type",
+            "status",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "result",
+            "error",
+        }
         assert job["error"] is None and job["attempts"] == 1
-        created, started, finished = (_time(job[k]) for k in
-                                      ("created_at", "started_at", "finished_at"))
+        created, started, finished = (
+            _time(job[k]) for k in ("created_at", "started_at", "finished_at")
+        )
         assert created <= started <= finished
         assert (finished - started).total_seconds() >= 0.5  # the delay ran while "running"
 
         result = job["result"]
         assert {k: result[k] for k in ("model_type", "variant", "engine", "device")} == {
-            k: sync[k] for k in ("model_type", "variant", "engine", "device")}
+            k: sync[k] for k in ("model_type", "variant", "engine", "device")
+        }
         assert set(result["timings_ms"]) == set(sync["timings_ms"])
         np.testing.assert_allclose(_embeddings(result), _embeddings(sync), rtol=1e-6, atol=1e-7)
         assert result["results"] == sync["results"]  # same code, same input: the same numbers
@@ -173,8 +183,9 @@ async def test_finished_jobs_are_gone_after_the_retention_time(
 async def test_a_full_queue_is_a_503_with_retry_after(
     jobs_config: Path, backend: dict[str, Any]
 ) -> None:
-    settings = settings_for(jobs_config, job_concurrency=1, debug_job_delay_s=1.0,
-                            max_pending_jobs=2, **backend)
+    settings = settings_for(
+        jobs_config, job_concurrency=1, debug_job_delay_s=1.0, max_pending_jobs=2, **backend
+    )
     async with serve_app(settings) as client:
         accepted = [await client.post("/jobs/submit/dinov3", json=BODY) for _ in range(2)]
         assert [r.status_code for r in accepted] == [202, 202]
@@ -204,10 +215,12 @@ async def test_bad_input_is_a_400_at_submit_and_nothing_is_queued(
             b"[1, 2]",
         ]
         for body in bodies:
-            sync = await client.post("/inference/dinov3", content=body,
-                                     headers={"content-type": "application/json"})
-            job = await client.post("/jobs/submit/dinov3", content=body,
-                                    headers={"content-type": "application/json"})
+            sync = await client.post(
+                "/inference/dinov3", content=body, headers={"content-type": "application/json"}
+            )
+            job = await client.post(
+                "/jobs/submit/dinov3", content=body, headers={"content-type": "application/json"}
+            )
             assert job.status_code == sync.status_code == 400, (body, job.text, sync.text)
             assert job.json() == sync.json(), body  # the same detail (and errors) as sync
         empty = await client.post("/jobs/submit/dinov3", content=b"")
@@ -230,10 +243,6 @@ async def test_bad_input_is_a_400_at_submit_and_nothing_is_queued(
 async def test_an_alias_is_accepted_and_answered_with_the_canonical_name(
     jobs_config: Path,
 ) -> None:
-    from service.inference import SCHEMAS
-
-    if "grounding-dino" not in SCHEMAS:
-        pytest.skip("grounding-dino has no inference endpoint yet")
     async with serve_app(settings_for(jobs_config, redis_url="")) as client:
         body = {"images": BODY["images"], "prompts": ["a cat"]}
         submitted = await client.post("/jobs/submit/grounding_dino", json=body)
@@ -248,9 +257,12 @@ async def test_unreachable_redis_is_a_503_on_jobs_only(jobs_config: Path) -> Non
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     settings = settings_for(jobs_config, redis_url=closed, embedded_worker=1)
     async with serve_app(settings) as client:
-        for method, path, body in [("POST", "/jobs/submit/dinov3", BODY), ("GET", "/jobs", None),
-                                   ("GET", "/jobs/some-id", None),
-                                   ("DELETE", "/jobs/some-id", None)]:
+        for method, path, body in [
+            ("POST", "/jobs/submit/dinov3", BODY),
+            ("GET", "/jobs", None),
+            ("GET", "/jobs/some-id", None),
+            ("DELETE", "/jobs/some-id", None),
+        ]:
             response = await client.request(method, path, json=body)
             assert response.status_code == 503, (path, response.text)
             assert "unreachable" in response.json()["detail"], response.text

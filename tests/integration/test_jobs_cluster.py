@@ -93,7 +93,9 @@ async def test_submit_on_one_api_poll_and_list_on_the_other(cluster: Cluster) ->
         sync = (await one.post("/inference/dinov3", json=BODY)).json()
         np.testing.assert_allclose(
             np.array(jobs[0]["result"]["results"][0]["embedding"]),
-            np.array(sync["results"][0]["embedding"]), rtol=1e-6, atol=1e-7,
+            np.array(sync["results"][0]["embedding"]),
+            rtol=1e-6,
+            atol=1e-7,
         )
         # a worker computed them (the APIs only enqueue)
         for job_id in ids:
@@ -102,7 +104,8 @@ async def test_submit_on_one_api_poll_and_list_on_the_other(cluster: Cluster) ->
         listed = (await other.get("/jobs", params={"limit": 3})).json()
         assert [j["job_id"] for j in listed["jobs"]] == ids[::-1]
         assert (await one.get("/jobs", params={"status": "failed"})).json()["jobs"][0][
-            "job_id"] == ids[1]
+            "job_id"
+        ] == ids[1]
 
         assert (await other.delete(f"/jobs/{ids[0]}")).status_code == 204
         assert (await one.get(f"/jobs/{ids[0]}")).status_code == 404
@@ -126,8 +129,9 @@ async def test_200_jobs_at_once_with_two_workers(cluster: Cluster) -> None:
         assert len(set(ids)) == 200
         deadline = time.monotonic() + 150
         while True:
-            done = (await clients[1].get("/jobs", params={"status": "completed",
-                                                          "limit": 1000})).json()
+            done = (
+                await clients[1].get("/jobs", params={"status": "completed", "limit": 1000})
+            ).json()
             if set(ids) <= {j["job_id"] for j in done["jobs"]}:
                 break
             assert time.monotonic() < deadline, f"{done['total']} completed after 150 s"
@@ -139,8 +143,9 @@ async def test_200_jobs_at_once_with_two_workers(cluster: Cluster) -> None:
         assert set(ids) <= set(listed)  # none lost
         mine = [j for j in listing["jobs"] if j["job_id"] in set(ids)]
         assert all(j["status"] == "completed" and j["attempts"] == 1 for j in mine)
-        created = [datetime.fromisoformat(j["created_at"].replace("Z", "+00:00"))
-                   for j in listing["jobs"]]
+        created = [
+            datetime.fromisoformat(j["created_at"].replace("Z", "+00:00")) for j in listing["jobs"]
+        ]
         assert created == sorted(created, reverse=True)  # newest first
 
         runs = {job_id: sum(_ran(w, job_id) for w in cluster.workers) for job_id in ids}
@@ -160,13 +165,18 @@ async def test_a_worker_stopped_mid_job_does_not_lose_it(
     10 s), then the next worker runs it again. SIGTERM: arq cancels it and puts it back on the
     queue at once (``pending``); the worker exits cleanly; the next worker runs it."""
     timeout_s = 4
-    env = {"VISION_API_REDIS_URL": REDIS_URL, "VISION_API_REDIS_KEY_PREFIX": redis_prefix,
-           "VISION_API_JOB_TIMEOUT_S": str(timeout_s)}
-    first = start_worker(jobs_config, {**env, "VISION_API_DEBUG_JOB_DELAY_S": "2.5"},
-                         tmp_path / "first.log")
+    env = {
+        "VISION_API_REDIS_URL": REDIS_URL,
+        "VISION_API_REDIS_KEY_PREFIX": redis_prefix,
+        "VISION_API_JOB_TIMEOUT_S": str(timeout_s),
+    }
+    first = start_worker(
+        jobs_config, {**env, "VISION_API_DEBUG_JOB_DELAY_S": "2.5"}, tmp_path / "first.log"
+    )
     second: Process | None = None
-    settings = settings_for(jobs_config, redis_url=REDIS_URL, redis_key_prefix=redis_prefix,
-                            job_timeout_s=timeout_s)
+    settings = settings_for(
+        jobs_config, redis_url=REDIS_URL, redis_key_prefix=redis_prefix, job_timeout_s=timeout_s
+    )
     try:
         await asyncio.to_thread(first.wait_for_line, WORKER_READY)
         async with serve_app(settings) as client:
@@ -184,8 +194,9 @@ async def test_a_worker_stopped_mid_job_does_not_lose_it(
                 assert "cancelled, will be run again" in first.text()
                 assert after["status"] == "pending" and after["started_at"] is None
 
-            second = start_worker(jobs_config, {**env, "VISION_API_PRELOAD": "dinov3"},
-                                  tmp_path / "second.log")
+            second = start_worker(
+                jobs_config, {**env, "VISION_API_PRELOAD": "dinov3"}, tmp_path / "second.log"
+            )
             seen = [after["status"]]
             job = await wait_for(client, job_id, timeout_s=timeout_s + 10 + 40, seen=seen)
             waited_s = time.monotonic() - stopped_at
@@ -213,9 +224,21 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[], subprocess
 
     def start() -> subprocess.Popen[bytes]:
         server = subprocess.Popen(
-            [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                executable,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(server)
         client = redis.Redis(port=port)
@@ -233,7 +256,8 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, Callable[[], subprocess
 
 
 async def test_a_worker_outlives_a_redis_restart(
-    jobs_config: Path, tmp_path: Path,
+    jobs_config: Path,
+    tmp_path: Path,
     private_redis: tuple[str, Callable[[], subprocess.Popen[bytes]]],
 ) -> None:
     url, start_redis = private_redis

@@ -20,9 +20,22 @@ from tests.conftest import asset_b64, free_port, onnx_op_types, start_server
 def artifacts(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("artifacts")
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "export", "--all", "--config", str(tiny_config),
-         "--out", str(out), "--quantize", "int8"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "export",
+            "--all",
+            "--config",
+            str(tiny_config),
+            "--out",
+            str(out),
+            "--quantize",
+            "int8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return out
@@ -63,9 +76,18 @@ def test_manifest_describes_the_artifact(artifacts: Path) -> None:
 
 def test_verify_cli_rechecks_parity(tiny_config: Path, artifacts: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "export", "--verify", str(artifacts / "dinov3"),
-         "--config", str(tiny_config)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--verify",
+            str(artifacts / "dinov3"),
+            "--config",
+            str(tiny_config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dinov3/tiny [fp32]: ok" in result.stdout
@@ -75,8 +97,10 @@ def test_served_by_onnx_runtime_matches_torch(onnx_server: httpx.Client) -> None
     body = {"images": [asset_b64("chelsea.jpg"), asset_b64("camera.png")], "normalize": False}
     via_onnx = onnx_server.post("/inference/dinov3", json=body).json()
     assert via_onnx["engine"] == "onnx"
-    status = {(m["model_type"], m["variant"]): m
-              for m in onnx_server.get("/models/status").json()["models"]}
+    status = {
+        (m["model_type"], m["variant"]): m
+        for m in onnx_server.get("/models/status").json()["models"]
+    }
     assert status[("dinov3", "tiny")]["placement"] == {"model": "onnx"}
     assert status[("dinov3", "tiny")]["fallback_reason"] is None
 
@@ -104,8 +128,10 @@ def test_every_family_is_served_by_onnx_runtime_over_http(
     via_onnx = onnx_server.post(f"/inference/{model_type}", json=body)
     assert via_onnx.status_code == 200, via_onnx.text
     assert via_onnx.json()["engine"] == "onnx"
-    status = {(m["model_type"], m["variant"]): m
-              for m in onnx_server.get("/models/status").json()["models"]}
+    status = {
+        (m["model_type"], m["variant"]): m
+        for m in onnx_server.get("/models/status").json()["models"]
+    }
     entry = status[(model_type, "tiny")]
     assert set(entry["placement"].values()) == {"onnx"} and entry["fallback_reason"] is None
 
@@ -117,8 +143,9 @@ def test_every_family_is_served_by_onnx_runtime_over_http(
     (got,), (expected,) = via_onnx.json()["results"], via_torch["results"]
     assert (got["width"], got["height"]) == (expected["width"], expected["height"])
     if model_type == "depth-anything":
-        np.testing.assert_allclose(np.asarray(got["depth"]), np.asarray(expected["depth"]),
-                                   rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(got["depth"]), np.asarray(expected["depth"]), rtol=1e-3, atol=1e-4
+        )
     else:
         key = "instances" if model_type == "sam3" else "detections"
         assert len(got[key]) == len(expected[key])
@@ -142,8 +169,8 @@ def test_variant_without_artifact_falls_back_visibly(onnx_server: httpx.Client) 
 def test_stale_or_broken_artifacts_fall_back_to_torch(
     tiny_config: Path, artifacts: Path, tmp_path: Path
 ) -> None:
-    from service.app import build_pool
     from service.settings import Settings
+    from service.wiring import build_pool
 
     stale, broken = tmp_path / "stale", tmp_path / "broken"
     shutil.copytree(artifacts, stale)

@@ -27,17 +27,16 @@ from depth_anything_3.model.da3 import DepthAnything3Net  # noqa: E402
 from depth_anything_3.registry import MODEL_REGISTRY  # noqa: E402
 from depth_anything_3.utils.alignment import apply_metric_scaling  # noqa: E402
 
-from engines.families.da3 import (  # noqa: E402
+from engines.families.depth_anything.da3 import (  # noqa: E402
     PRESETS,
     Da3Network,
     apply_sky_rule,
     load_da3,
     metric_depth_m,
     save_da3,
-    write_tiny_da3,
 )
-from engines.families.da3.checkpoint import read_config  # noqa: E402
-from engines.families.da3.tiny import TINY_CONFIGS  # noqa: E402
+from engines.families.depth_anything.da3.checkpoint import read_config  # noqa: E402
+from engines.families.depth_anything.da3.tiny import TINY_CONFIGS, write_tiny_da3  # noqa: E402
 
 RTOL = 1e-4  # max |ours - reference| / max |reference|, per output, fp32
 INPUT_HW = (140, 196)  # a 10 x 14 patch grid: interpolated position embedding, non-square

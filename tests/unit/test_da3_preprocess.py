@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.families.da3.preprocess import da3_input_size, preprocess_da3, resize_like_opencv
+from engines.families.depth_anything.da3.preprocess import (
+    da3_input_size,
+    preprocess_da3,
+    resize_like_opencv,
+)
 
 cv2 = pytest.importorskip("cv2")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,15 +15,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engines.base import LoadRequest, VariantSpec
-from engines.families.da3 import load_da3, preprocess_da3
-from engines.families.depth_anything import (
-    DepthAnythingFamily,
+from engines.families.depth_anything.da3 import load_da3, preprocess_da3
+from engines.families.depth_anything.export import EXPORT
+from engines.families.depth_anything.family import DepthAnythingFamily
+from engines.families.depth_anything.options import DepthAnythingOptions
+from engines.families.depth_anything.pipeline import (
     DepthNetwork,
     default_focal_px,
     depth_to_png,
     png_to_depth,
 )
-from engines.families.depth_anything_v2 import (
+from engines.families.depth_anything.tiny import write_tiny
+from engines.families.depth_anything.v2 import (
     RELEASED_PREPROCESSING,
     DptPreprocessing,
     load_dpt_preprocessing,
@@ -35,26 +38,18 @@ from tests.conftest import ASSETS
 PHOTOS = ["chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg"]
 
 
-@dataclass
-class Options:
-    output_format: str = "array"
-    focal_px: float | None = None
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The family's tiny checkpoints: tiny (DA3 any-view), tiny-mono, tiny-metric, tiny-v2."""
     directory = tmp_path_factory.mktemp("depth-anything")
-    written = DepthAnythingFamily().write_tiny(directory)
+    written = write_tiny(directory)
     return {variant: directory / subdir for variant, subdir in written.items()}
 
 
 @pytest.fixture(scope="module")
 def pool(checkpoints: dict[str, Path]) -> Iterator[ModelPool]:
     variants = {name: VariantSpec(name, str(path)) for name, path in checkpoints.items()}
-    config = PoolConfig(
-        device="cpu", variants={"depth-anything": VariantTable("tiny", variants)}
-    )
+    config = PoolConfig(device="cpu", variants={"depth-anything": VariantTable("tiny", variants)})
     pool = ModelPool(default_registry(), config)
     yield pool
     asyncio.run(pool.close())
@@ -64,14 +59,16 @@ def photo(name: str) -> Image.Image:
     return Image.open(ASSETS / name).convert("RGB")
 
 
-def infer(pool: ModelPool, variant: str, images: list[Image.Image], **options: object) -> list:
-    return asyncio.run(pool.infer("depth-anything", variant, images, Options(**options))).results
+def infer(pool: ModelPool, variant: str, images: list[Image.Image], **options: Any) -> list:
+    request = DepthAnythingOptions(**options)
+    return asyncio.run(pool.infer("depth-anything", variant, images, request)).results
 
 
 def resized(depth: torch.Tensor, image: Image.Image, mode: str = "bilinear") -> np.ndarray:
     """An (h, w) map resized to the image as the service does (align_corners False)."""
-    out = F.interpolate(depth[None, None].float(), size=(image.height, image.width), mode=mode,
-                        align_corners=False)
+    out = F.interpolate(
+        depth[None, None].float(), size=(image.height, image.width), mode=mode, align_corners=False
+    )
     return out[0, 0].numpy()
 
 
@@ -109,7 +106,7 @@ def test_v2_output_size_keeps_aspect_towards_518(size: tuple[int, int]) -> None:
 
 
 def test_checkpoint_kind_comes_from_config_json(checkpoints: dict[str, Path]) -> None:
-    from engines.families.depth_anything import read_network
+    from engines.families.depth_anything.pipeline import read_network
 
     assert read_network(checkpoints["tiny"]) == DepthNetwork("da3", has_camera=True)
     assert read_network(checkpoints["tiny-mono"]) == DepthNetwork("da3", has_sky=True)
@@ -159,8 +156,9 @@ def test_mono_applies_the_sky_rule(pool: ModelPool, checkpoints: dict[str, Path]
     image = photo("astronaut.png")
     (result,) = infer(pool, "tiny-mono", [image])
     ruled = raw_da3(checkpoints["tiny-mono"], image)  # the network applies the rule itself
-    np.testing.assert_allclose(result["depth"], resized(ruled.depth[0], image), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        result["depth"], resized(ruled.depth[0], image), rtol=1e-5, atol=1e-6
+    )
     network, _ = load_da3(checkpoints["tiny-mono"])
     network.sky_rule = False
     with torch.no_grad():
@@ -219,8 +217,9 @@ def test_v2_depth_equals_transformers(pool: ModelPool, checkpoints: dict[str, Pa
         )
         got = np.asarray(result["depth"])
         assert got.shape == (image.height, image.width)
-        np.testing.assert_allclose(got, expected["predicted_depth"].numpy(), rtol=1e-4,
-                                   atol=1e-5 * float(got.max()))
+        np.testing.assert_allclose(
+            got, expected["predicted_depth"].numpy(), rtol=1e-4, atol=1e-5 * float(got.max())
+        )
         assert result["relation"] == "inverse" and result["kind"] == "relative"
         assert "confidence" not in result and "intrinsics" not in result
 
@@ -234,8 +233,9 @@ def test_batch_equals_single_images(pool: ModelPool) -> None:
             (single,) = infer(pool, variant, [image])
             assert (result["width"], result["height"]) == image.size
             scale = float(np.abs(single["depth"]).max())
-            np.testing.assert_allclose(result["depth"], single["depth"], rtol=1e-4,
-                                       atol=1e-5 * scale)
+            np.testing.assert_allclose(
+                result["depth"], single["depth"], rtol=1e-4, atol=1e-5 * scale
+            )
 
 
 # -- PNG encoding --------------------------------------------------------------------------
@@ -269,8 +269,9 @@ def test_default_focal_is_60_degrees() -> None:
 
 
 @pytest.mark.parametrize("variant", ["tiny", "tiny-mono", "tiny-v2"])
-def test_exported_graph_follows_the_input_size(checkpoints: dict[str, Path], variant: str,
-                                               tmp_path: Path) -> None:
+def test_exported_graph_follows_the_input_size(
+    checkpoints: dict[str, Path], variant: str, tmp_path: Path
+) -> None:
     """Traced at one size, the graph runs at others (batch, height and width are dynamic)."""
     import onnxruntime as ort
 
@@ -279,15 +280,23 @@ def test_exported_graph_follows_the_input_size(checkpoints: dict[str, Path], var
     family = DepthAnythingFamily()
     spec = VariantSpec(variant, str(checkpoints[variant]))
     pipeline = family.load_torch(LoadRequest(spec, "cpu", "float32", 1))
-    (graph,) = family.onnx_graphs(pipeline)
+    (graph,) = EXPORT.graphs(pipeline)
     example = torch.randn(2, 3, 98, 126)
-    module = graph_module(pipeline.core.module, pipeline.core.graphs["model"], ["pixel_values"],
-                          graph.outputs)
+    module = graph_module(
+        pipeline.core.module, pipeline.core.graphs["model"], ["pixel_values"], graph.outputs
+    )
     path = tmp_path / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), dynamo=False,
-                          input_names=["pixel_values"], output_names=graph.outputs,
-                          dynamic_axes=graph.dynamic_axes, opset_version=18)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=graph.outputs,
+            dynamic_axes=graph.dynamic_axes,
+            opset_version=18,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(1, 3, 140, 70), (3, 3, 56, 154)]:
         pixels = np.random.default_rng(1).standard_normal(shape, np.float32)
@@ -303,7 +312,7 @@ def _meshgrid_uv_embedding(
     height: int, width: int, channels: int, aspect: float, like: torch.Tensor
 ) -> torch.Tensor:
     """The reference's UV embedding: sin/cos at every pixel of a meshgrid, permuted."""
-    from engines.families.da3.heads import _centred_grid
+    from engines.families.depth_anything.da3.heads import _centred_grid
 
     diag = (aspect**2 + 1.0) ** 0.5
     xs = _centred_grid(width, aspect / diag, like)
@@ -324,7 +333,7 @@ def _meshgrid_uv_embedding(
 def test_separable_uv_embedding_is_bit_identical_to_the_meshgrid_one(
     dtype: torch.dtype, height: int, width: int, channels: int
 ) -> None:
-    from engines.families.da3.heads import uv_embedding_terms
+    from engines.families.depth_anything.da3.heads import uv_embedding_terms
 
     like = torch.zeros(1, dtype=dtype)
     aspect = width / height

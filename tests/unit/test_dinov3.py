@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engines.base import VariantSpec
-from engines.families.dinov3 import Preprocessing, load_preprocessing
+from engines.families.dinov3.pipeline import Preprocessing, load_preprocessing
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from tests.conftest import ASSETS
@@ -71,7 +71,9 @@ def test_served_embedding_equals_transformers(tiny_models: Path) -> None:
         out = reference(pixel_values=torch.stack([reference_pixels(im) for im in images]))
     pool = ModelPool(
         default_registry(),
-        PoolConfig(variants={"dinov3": VariantTable("t", {"t": VariantSpec("t", str(checkpoint))})}),
+        PoolConfig(
+            variants={"dinov3": VariantTable("t", {"t": VariantSpec("t", str(checkpoint))})}
+        ),
     )
     for pooling, expected in (
         ("cls", out.pooler_output),

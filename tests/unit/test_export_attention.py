@@ -38,12 +38,21 @@ class _MaskedAttention(torch.nn.Module):
         return F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
 
 
-def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
-            path: Path) -> int:
+def _export(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str], path: Path
+) -> int:
     axes = {name: {0: "batch", 1: f"{name}_tokens"} for name in names}
     with torch.no_grad(), fused_attention() as fused:
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=names,
-                          output_names=["out"], dynamic_axes=axes, opset_version=18)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=["out"],
+            dynamic_axes=axes,
+            opset_version=18,
+        )
     return fused[0]
 
 
@@ -79,9 +88,16 @@ def test_masked_attention_keeps_the_plain_decomposition(tmp_path: Path) -> None:
     mask = torch.rand(2, 1, 6, 6) > 0.3
     axes = {"q": {0: "batch"}, "mask": {0: "batch"}}
     with torch.no_grad(), fused_attention() as fused:
-        torch.onnx.export(_MaskedAttention(), (q, mask), str(path), dynamo=False,
-                          input_names=["q", "mask"], output_names=["out"], dynamic_axes=axes,
-                          opset_version=18)
+        torch.onnx.export(
+            _MaskedAttention(),
+            (q, mask),
+            str(path),
+            dynamo=False,
+            input_names=["q", "mask"],
+            output_names=["out"],
+            dynamic_axes=axes,
+            opset_version=18,
+        )
     assert fused[0] == 0
     ops = onnx_op_types(path)
     assert "MultiHeadAttention" not in ops and "Softmax" in ops
@@ -120,9 +136,15 @@ def _tiny_dinov3() -> torch.nn.Module:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     torch.manual_seed(0)
-    config = DINOv3ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, patch_size=16, num_register_tokens=4,
-                             key_bias=False)
+    config = DINOv3ViTConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=16,
+        num_register_tokens=4,
+        key_bias=False,
+    )
     model = DINOv3ViTModel(config).eval()
     with torch.no_grad():  # unit-variance class/register tokens: see bench_onnx_vs_torch.py
         for name, param in model.embeddings.named_parameters():
@@ -147,9 +169,16 @@ def test_dinov3_attention_exports_as_packed_projection_and_fused_attention(
     path = tmp_path / "dinov3.onnx"
     axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
     with torch.no_grad(), fused_attention() as fused:
-        torch.onnx.export(module, (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
-                          input_names=["pixel_values"], output_names=["out"],
-                          dynamic_axes=axes, opset_version=18)
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 3, 64, 96),),
+            str(path),
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=["out"],
+            dynamic_axes=axes,
+            opset_version=18,
+        )
     assert fused[0] == 2
     ops = onnx_op_types(path)
     # Per layer one q/k/v product, the output projection and the two MLP products; RoPE as
@@ -193,11 +222,19 @@ def test_dinov3_rope_tables_rotary_cannot_express_keep_the_models_code(tmp_path:
     path = tmp_path / "dinov3.onnx"
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad(), fused_attention():
-        torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["pixel_values"],
-                          output_names=["out"], opset_version=18)
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=["out"],
+            opset_version=18,
+        )
     assert "RotaryEmbedding" not in onnx_op_types(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = module(x).numpy()
-    np.testing.assert_allclose(session.run(None, {"pixel_values": x.numpy()})[0], expected,
-                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        session.run(None, {"pixel_values": x.numpy()})[0], expected, atol=1e-4, rtol=1e-4
+    )

@@ -14,11 +14,9 @@ from PIL import Image
 
 from engines.base import LoadRequest, VariantSpec
 from engines.errors import InvalidInputError
-from engines.families.grounding_dino import (
-    GroundingDinoFamily,
-    GroundingDinoPipeline,
-    write_tiny_checkpoint,
-)
+from engines.families.grounding_dino.family import GroundingDinoFamily
+from engines.families.grounding_dino.pipeline import GroundingDinoPipeline
+from engines.families.grounding_dino.tiny import write_tiny, write_tiny_checkpoint
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from tests.conftest import ASSETS
@@ -42,7 +40,7 @@ def photo(name: str) -> Image.Image:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("grounding-dino")
-    return directory / GroundingDinoFamily().write_tiny(directory)["tiny"]
+    return directory / write_tiny(directory)["tiny"]
 
 
 @pytest.fixture
@@ -255,7 +253,7 @@ def test_mm_grounding_dino_checkpoint_loads_and_matches(tmp_path: Path) -> None:
 def test_write_tiny_writes_a_checkpoint_that_runs(tmp_path: Path) -> None:
     # No timing assertion here (timings belong to benchmarks/); this checks the tiny
     # checkpoint loads and runs through the real pipeline.
-    written = GroundingDinoFamily().write_tiny(tmp_path)
+    written = write_tiny(tmp_path)
     assert written == {"tiny": "grounding-dino-tiny"}
     pipeline = GroundingDinoFamily().load_torch(
         LoadRequest(VariantSpec("tiny", str(tmp_path / "grounding-dino-tiny")), "cpu", "float32", 2)

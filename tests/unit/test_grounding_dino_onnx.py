@@ -13,14 +13,20 @@ from PIL import Image
 
 from engines.artifacts import read_manifest
 from engines.base import LoadRequest, VariantSpec
-from engines.families.grounding_dino import PARITY_OPTIONS, GroundingDinoFamily
-from engines.families.grounding_dino_images import pad_batch
+from engines.families.grounding_dino.export import EXPORT, PARITY_OPTIONS
+from engines.families.grounding_dino.family import GroundingDinoFamily
+from engines.families.grounding_dino.images import pad_batch
+from engines.families.grounding_dino.patches import (
+    deformable_attention_by_level,
+    export_patches,
+    special_token_masks,
+)
+from engines.families.grounding_dino.tiny import write_tiny
 from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
 from export.parity import default_images, failed_gates
-from export.patches import deformable_attention_by_level, export_patches, special_token_masks
 from tests.conftest import ASSETS
 
 PHOTOS = ("chelsea.jpg", "camera.png", "astronaut.png", "rocket.jpg")
@@ -32,21 +38,24 @@ def photo(name: str) -> Image.Image:
 
 def within_gates(figures: Mapping[str, float]) -> list[str]:
     """The gates of GroundingDino that ``figures`` fail."""
-    assert set(GroundingDinoFamily.parity_gates) <= set(figures), "a gated metric was not measured"
-    return failed_gates(GroundingDinoFamily.parity_gates, figures)
+    assert set(EXPORT.parity_gates) <= set(figures), "a gated metric was not measured"
+    return failed_gates(EXPORT.parity_gates, figures)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("grounding-dino")
-    return directory / GroundingDinoFamily().write_tiny(directory)["tiny"]
+    return directory / write_tiny(directory)["tiny"]
 
 
 @pytest.fixture(scope="module")
 def artifacts(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grounding-dino-artifacts")
-    export_variant(GroundingDinoFamily(), VariantSpec("tiny", str(checkpoint)),
-                   ExportOptions(out=out, images=default_images()))
+    export_variant(
+        GroundingDinoFamily(),
+        VariantSpec("tiny", str(checkpoint)),
+        ExportOptions(out=out, images=default_images()),
+    )
     return out
 
 
@@ -57,8 +66,11 @@ def request_(checkpoint: Path) -> LoadRequest:
 
 def make_pool(checkpoint: Path, artifacts: Path, engine: str = "auto") -> ModelPool:
     spec = VariantSpec("tiny", str(checkpoint))
-    config = PoolConfig(engine=engine, artifacts_dir=artifacts,
-                        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})})
+    config = PoolConfig(
+        engine=engine,
+        artifacts_dir=artifacts,
+        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})},
+    )
     return ModelPool(default_registry(), config)
 
 
@@ -87,10 +99,14 @@ def test_patches_are_undone_after_the_block() -> None:
     from transformers.models.swin import modeling_swin as swin
 
     def current() -> tuple[Any, ...]:
-        return (gd.generate_masks_with_special_tokens_and_transfer_map, swin.SwinLayer.forward,
-                swin.SwinPatchMerging.maybe_pad, swin.SwinPatchEmbeddings.maybe_pad,
-                gd.GroundingDinoMultiscaleDeformableAttention.forward,
-                gd.MultiScaleDeformableAttention.forward)
+        return (
+            gd.generate_masks_with_special_tokens_and_transfer_map,
+            swin.SwinLayer.forward,
+            swin.SwinPatchMerging.maybe_pad,
+            swin.SwinPatchEmbeddings.maybe_pad,
+            gd.GroundingDinoMultiscaleDeformableAttention.forward,
+            gd.MultiScaleDeformableAttention.forward,
+        )
 
     before = current()
     with export_patches():
@@ -110,12 +126,15 @@ def test_deformable_attention_by_level_equals_the_stacked_sum() -> None:
         tokens = sum(h * w for h, w in shapes)
         value = torch.randn(batch, tokens, heads, dim, generator=generator)
         # a margin outside [0, 1]: zero padding at the borders counts too
-        locations = torch.rand(batch, queries, heads, len(shapes), points, 2,
-                               generator=generator) * 1.2 - 0.1
+        locations = (
+            torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator) * 1.2
+            - 0.1
+        )
         weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
         weights = weights / weights.sum((-1, -2), keepdim=True)
         expected = MultiScaleDeformableAttention()(
-            value, torch.tensor(shapes), shapes, None, locations, weights, 64)
+            value, torch.tensor(shapes), shapes, None, locations, weights, 64
+        )
         got = deformable_attention_by_level(value, shapes, locations, weights)
         assert got.shape == expected.shape == (batch, queries, heads * dim)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -128,8 +147,11 @@ def test_patched_model_equals_the_model_in_eager_mode(
     pipeline = GroundingDinoFamily().load_torch(request_)
     rng = np.random.default_rng(sum(size))
     pixels = rng.standard_normal((1, 3, *size)).astype(np.float32)
-    inputs = {"pixel_values": pixels, "pixel_mask": np.ones((1, *size), np.int64),
-              **pipeline.caption(["a cat", "rocket"]).arrays(1)}
+    inputs = {
+        "pixel_values": pixels,
+        "pixel_mask": np.ones((1, *size), np.int64),
+        **pipeline.caption(["a cat", "rocket"]).arrays(1),
+    }
     expected = pipeline.core.run("model", inputs)
     with export_patches():
         got = pipeline.core.run("model", inputs)
@@ -166,8 +188,11 @@ def test_graph_follows_sizes_batches_and_text_it_was_not_traced_with(
     pipeline = GroundingDinoFamily().load_torch(request_)
     rng = np.random.default_rng(len(sizes))
     pixels, mask = pad_batch([rng.standard_normal((3, *s)).astype(np.float32) for s in sizes])
-    inputs = {"pixel_values": pixels, "pixel_mask": mask,
-              **pipeline.caption(prompts).arrays(len(sizes))}
+    inputs = {
+        "pixel_values": pixels,
+        "pixel_mask": mask,
+        **pipeline.caption(prompts).arrays(len(sizes)),
+    }
     expected, got = pipeline.core.run("model", inputs), core.run("model", inputs)
     assert got["logits"].shape == expected["logits"].shape
     finite = np.isfinite(expected["logits"])
@@ -190,12 +215,13 @@ async def test_served_through_onnx_runtime_matches_torch(
 ) -> None:
     pool = make_pool(checkpoint, artifacts)
     try:
-        outcome = await pool.infer("grounding-dino", None, [photo(n) for n in PHOTOS],
-                                   PARITY_OPTIONS)
+        outcome = await pool.infer(
+            "grounding-dino", None, [photo(n) for n in PHOTOS], PARITY_OPTIONS
+        )
         model = outcome.model
         assert model.engine == "onnx" and model.fallback_reason is None
         assert model.placement == {"model": "onnx"}
-        figures = GroundingDinoFamily().parity_metrics(torch_results, outcome.results)
+        figures = EXPORT.parity_metrics(torch_results, outcome.results)
         assert not within_gates(figures), figures
         assert figures["detections_per_run"] > 0
     finally:
@@ -204,9 +230,11 @@ async def test_served_through_onnx_runtime_matches_torch(
 
 def test_parity_metrics_pair_queries_by_their_proposals() -> None:
     rng = np.random.default_rng(0)
-    raw = {"logits": rng.normal(size=(20, 6)).astype(np.float32),
-           "pred_boxes": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32),
-           "reference_points": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32)}
+    raw = {
+        "logits": rng.normal(size=(20, 6)).astype(np.float32),
+        "pred_boxes": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32),
+        "reference_points": rng.uniform(0.1, 0.9, size=(20, 4)).astype(np.float32),
+    }
 
     def result(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"width": 100, "height": 50, "detections": [], "raw": arrays}
@@ -214,12 +242,12 @@ def test_parity_metrics_pair_queries_by_their_proposals() -> None:
     order = np.arange(20)
     order[[4, 5]] = order[[5, 4]]  # two near-equal encoder scores swapped ranks
     swapped = {k: v[order] for k, v in raw.items()}
-    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(swapped)])
+    figures = EXPORT.parity_metrics([result(raw)], [result(swapped)])
     assert figures["queries_matched_fraction"] == 1.0
     assert figures["query_probs_max_abs_diff"] == 0.0  # each compared with itself
     # ... but swapped ranks change the decoder's input (content queries are per rank).
     assert figures["images_same_selection_fraction"] == 0.0
-    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(raw)])
+    figures = EXPORT.parity_metrics([result(raw)], [result(raw)])
     assert figures["images_same_selection_fraction"] == 1.0
 
     # Another proposal entered the top-k: that image's queries are not gated as continuous
@@ -228,12 +256,11 @@ def test_parity_metrics_pair_queries_by_their_proposals() -> None:
     flipped = {k: v.copy() for k, v in raw.items()}
     flipped["reference_points"][19] = [0.5, 0.5, 0.01, 0.01]
     flipped["logits"] += 0.5
-    figures = GroundingDinoFamily().parity_metrics([result(raw)], [result(flipped)])
+    figures = EXPORT.parity_metrics([result(raw)], [result(flipped)])
     assert figures["queries_matched_fraction"] == 19 / 20
     assert figures["images_same_selection_fraction"] == 0.0
     assert figures["flipped_query_probs_max_abs_diff"] > 0.01
     assert figures["query_probs_max_abs_diff"] == figures["flipped_query_probs_max_abs_diff"]
-    figures = GroundingDinoFamily().parity_metrics([result(raw)] * 2,
-                                                  [result(raw), result(flipped)])
+    figures = EXPORT.parity_metrics([result(raw)] * 2, [result(raw), result(flipped)])
     assert figures["images_same_selection_fraction"] == 0.5
     assert figures["query_probs_max_abs_diff"] == 0.0

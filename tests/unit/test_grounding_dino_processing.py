@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from engines.errors import InvalidInputError
-from engines.families.grounding_dino import GroundingDinoFamily
-from engines.families.grounding_dino_detections import detections
-from engines.families.grounding_dino_images import Preprocessing, load_preprocessing, pad_batch
-from engines.families.grounding_dino_text import NO_PROMPT, encode_prompts, join_prompts
+from engines.families.grounding_dino.detections import detections
+from engines.families.grounding_dino.family import GroundingDinoFamily
+from engines.families.grounding_dino.images import Preprocessing, load_preprocessing, pad_batch
+from engines.families.grounding_dino.text import NO_PROMPT, encode_prompts, join_prompts
+from engines.families.grounding_dino.tiny import write_tiny
 from tests.conftest import ASSETS
 
 PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.png", "rocket.jpg", "camera.png")
@@ -23,7 +24,7 @@ PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.png", "rocket.jpg", "camera.pn
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("grounding-dino")
-    return directory / GroundingDinoFamily().write_tiny(directory)["tiny"]
+    return directory / write_tiny(directory)["tiny"]
 
 
 @pytest.fixture(scope="module")

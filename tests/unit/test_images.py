@@ -46,8 +46,16 @@ async def test_exif_orientation_is_applied(decoder: ImageDecoder) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "fmt"), [("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("CMYK", "TIFF"),
-                      ("I;16", "PNG"), ("1", "BMP"), ("RGB", "WEBP")]
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "GIF"),
+        ("CMYK", "TIFF"),
+        ("I;16", "PNG"),
+        ("1", "BMP"),
+        ("RGB", "WEBP"),
+    ],
 )
 async def test_any_mode_becomes_rgb(decoder: ImageDecoder, mode: str, fmt: str) -> None:
     (decoded,) = await decoder.decode_all([encode(Image.new(mode, (16, 8)), fmt)])

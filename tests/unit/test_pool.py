@@ -34,7 +34,9 @@ async def test_results_in_input_order_with_shape_batches() -> None:
     assert [r["sum"] for r in outcome.results] == [16.0, 32.0, 72.0]
     assert [r["batch"] for r in outcome.results] == [2, 2, 1]
     pool_one = make_pool(GateFamily(), max_batch_size=1)
-    assert [r["batch"] for r in (await pool_one.infer("gate", None, IMAGES, None)).results] == [1] * 3
+    assert [r["batch"] for r in (await pool_one.infer("gate", None, IMAGES, None)).results] == [
+        1
+    ] * 3
     await pool.close()
     await pool_one.close()
 

@@ -17,7 +17,9 @@ from PIL import Image
 
 from engines.base import VariantSpec
 from engines.errors import InvalidInputError
-from engines.families.sam3 import Preprocessing, Sam3Family, Sam3Pipeline
+from engines.families.sam3.family import Sam3Family
+from engines.families.sam3.pipeline import Preprocessing, Sam3Pipeline
+from engines.families.sam3.tiny import write_tiny
 from engines.masks import FORMATS, decode_mask
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
@@ -43,7 +45,7 @@ def photo(name: str) -> Image.Image:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("sam3")
-    return directory / Sam3Family().write_tiny(directory)["tiny"]
+    return directory / write_tiny(directory)["tiny"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,10 @@ from PIL import Image
 
 from engines.artifacts import read_manifest, write_manifest
 from engines.base import LoadRequest, VariantSpec
-from engines.families.sam3 import PARITY_OPTIONS, Sam3Family, Sam3Pipeline
+from engines.families.sam3.export import EXPORT, PARITY_OPTIONS
+from engines.families.sam3.family import Sam3Family
+from engines.families.sam3.pipeline import Sam3Pipeline
+from engines.families.sam3.tiny import write_tiny
 from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
@@ -33,28 +36,34 @@ def photo(name: str) -> Image.Image:
 
 def within_gates(figures: Mapping[str, float]) -> list[str]:
     """The gates of Sam3 that ``figures`` fail."""
-    assert set(Sam3Family.parity_gates) <= set(figures), "a gated metric was not measured"
-    return failed_gates(Sam3Family.parity_gates, figures)
+    assert set(EXPORT.parity_gates) <= set(figures), "a gated metric was not measured"
+    return failed_gates(EXPORT.parity_gates, figures)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("sam3")
-    return directory / Sam3Family().write_tiny(directory)["tiny"]
+    return directory / write_tiny(directory)["tiny"]
 
 
 @pytest.fixture(scope="module")
 def artifacts(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sam3-artifacts")
-    export_variant(Sam3Family(), VariantSpec("tiny", str(checkpoint)),
-                   ExportOptions(out=out, images=default_images()))
+    export_variant(
+        Sam3Family(),
+        VariantSpec("tiny", str(checkpoint)),
+        ExportOptions(out=out, images=default_images()),
+    )
     return out
 
 
 def make_pool(checkpoint: Path, artifacts: Path, engine: str = "auto") -> ModelPool:
     spec = VariantSpec("tiny", str(checkpoint))
-    config = PoolConfig(engine=engine, artifacts_dir=artifacts,
-                        variants={"sam3": VariantTable("tiny", {"tiny": spec})})
+    config = PoolConfig(
+        engine=engine,
+        artifacts_dir=artifacts,
+        variants={"sam3": VariantTable("tiny", {"tiny": spec})},
+    )
     return ModelPool(default_registry(), config)
 
 
@@ -73,8 +82,9 @@ def test_manifest_has_three_graphs_with_dynamic_batch_and_prompts(artifacts: Pat
     assert set(graphs) == {"vision", "text", "decoder"}
     shapes = {(g.name, t.name): t.shape for g in manifest.graphs for t in g.inputs + g.outputs}
     assert shapes[("vision", "pixel_values")][0] == "batch"
-    assert all(s[0] == "batch" for (g, n), s in shapes.items()
-               if g == "vision" and n.startswith("fpn_"))
+    assert all(
+        s[0] == "batch" for (g, n), s in shapes.items() if g == "vision" and n.startswith("fpn_")
+    )
     assert shapes[("text", "input_ids")][0] == "prompts"
     assert shapes[("decoder", "text_features")][0] == "prompts"
     assert shapes[("decoder", "pred_masks")][0] == "prompts"
@@ -89,8 +99,9 @@ def test_vision_graph_has_a_dynamic_batch(checkpoint: Path, artifacts: Path) -> 
     request = LoadRequest(VariantSpec("tiny", str(checkpoint)), "cpu", "float32", 2)
     torch_pipeline = Sam3Family().load_torch(request)
     pixels = np.stack([torch_pipeline.preprocessing(photo(n)) for n in PHOTOS])  # batch 3
-    got, expected = core.run("vision", {"pixel_values": pixels}), torch_pipeline.core.run(
-        "vision", {"pixel_values": pixels}
+    got, expected = (
+        core.run("vision", {"pixel_values": pixels}),
+        torch_pipeline.core.run("vision", {"pixel_values": pixels}),
     )
     for name, value in expected.items():
         assert got[name].shape == value.shape
@@ -102,8 +113,9 @@ def test_decoder_graph_takes_a_broadcast_or_a_per_prompt_embedding(
 ) -> None:
     directory = artifacts / "sam3" / "tiny" / "fp32"
     request = LoadRequest(VariantSpec("tiny", str(checkpoint)), "cpu", "float32", 2)
-    onnx = Sam3Family().load_onnx(request, OrtCore(directory, read_manifest(directory),
-                                                   OrtOptions()))
+    onnx = Sam3Family().load_onnx(
+        request, OrtCore(directory, read_manifest(directory), OrtOptions())
+    )
     torch_pipeline = Sam3Family().load_torch(request)
     pixels = torch_pipeline.preprocessing(photo("chelsea.jpg"))[None]
     (embedding,) = onnx.encode_images(pixels)
@@ -111,8 +123,9 @@ def test_decoder_graph_takes_a_broadcast_or_a_per_prompt_embedding(
     text = onnx.encode_text(onnx.tokenizer(["cat", "a red dog", "person"]))
     inputs = {**text, **embedding}
     broadcast = onnx.core.run("decoder", inputs)
-    repeated = onnx.core.run("decoder", {**text, **{k: np.repeat(v, 3, 0)
-                                                    for k, v in embedding.items()}})
+    repeated = onnx.core.run(
+        "decoder", {**text, **{k: np.repeat(v, 3, 0) for k, v in embedding.items()}}
+    )
     reference = torch_pipeline.core.run("decoder", inputs)
     for name, value in broadcast.items():
         assert value.shape[0] == 3
@@ -129,7 +142,7 @@ async def test_served_through_onnx_runtime_matches_torch(
         model = outcome.model
         assert model.engine == "onnx" and model.fallback_reason is None
         assert model.placement == {"vision": "onnx", "text": "onnx", "decoder": "onnx"}
-        figures = Sam3Family().parity_metrics(torch_results, outcome.results)
+        figures = EXPORT.parity_metrics(torch_results, outcome.results)
         assert not within_gates(figures), figures
         assert sum(len(r["instances"]) for r in outcome.results) > 0
     finally:
@@ -157,7 +170,9 @@ async def test_image_encoded_once_for_all_prompts(checkpoint: Path, artifacts: P
         # the text graph once, then one decoder call per image (3 prompts <= 8 per call).
         # (ORT on CPU: one image per vision call, to bound its attention memory.)
         assert [(g, n) for g, n in calls if g != "decoder"] == [
-            ("text", 3), ("vision", 1), ("vision", 1)
+            ("text", 3),
+            ("vision", 1),
+            ("vision", 1),
         ]
         assert [n for g, n in calls if g == "decoder"] == [3, 3]
     finally:
@@ -181,7 +196,7 @@ async def test_graph_missing_from_artifact_runs_on_torch(
         assert model.engine == "onnx+torch"
         assert model.placement == {"vision": "onnx", "text": "onnx", "decoder": "torch"}
         assert "decoder" in (model.fallback_reason or "")
-        figures = Sam3Family().parity_metrics(torch_results, outcome.results)
+        figures = EXPORT.parity_metrics(torch_results, outcome.results)
         assert not within_gates(figures), figures
     finally:
         await pool.close()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.app import build_pool
 from service.settings import Settings
+from service.wiring import build_pool
 
 CONFIG = """
 [runtime]

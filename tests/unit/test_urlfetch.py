@@ -60,7 +60,12 @@ def store() -> Iterator[str]:
 
 
 def fetcher(**kwargs: object) -> UrlFetcher:
-    settings = {"timeout_s": 5.0, "max_bytes": 10**6, "max_redirects": 3, "networks": ["127.0.0.1/32"]}
+    settings = {
+        "timeout_s": 5.0,
+        "max_bytes": 10**6,
+        "max_redirects": 3,
+        "networks": ["127.0.0.1/32"],
+    }
     settings.update(kwargs)
     return UrlFetcher(UrlPolicy.build(**settings))  # type: ignore[arg-type]
 

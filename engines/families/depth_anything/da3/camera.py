@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engines.families.da3.blocks import Block, Mlp
+from engines.families.depth_anything.da3.blocks import Block, Mlp
 
 
 class CameraDecoder(nn.Module):

@@ -1,4 +1,4 @@
-"""Exporter patches: ONNX-friendly stand-ins for code the legacy exporter cannot trace.
+"""GroundingDINO's exporter patches: stand-ins for code the legacy exporter cannot trace.
 
 Each patch computes exactly what the code it replaces computes (tests compare them on random
 inputs), except :func:`deformable_attention_by_level`, which sums the same terms in another
@@ -6,7 +6,7 @@ order (said there); it only uses operators the legacy TorchScript exporter and O
 CPU provider support. Patches are applied with :func:`export_patches` for the duration of one
 traced call, never while serving: :func:`patched` wraps a core graph function so that the
 exporter's trace of it runs inside the patches and everything else (the parity reference, the
-torch fallback) runs the model's own code.
+torch fallback) runs the model's own code. Serving code never imports this module.
 
 GroundingDINO: ``generate_masks_with_special_tokens_and_transfer_map`` (the text self-attention
 mask and position ids between ``[CLS]``/``[SEP]``/``.``/``?`` delimiters) uses ``torch.isin``,
@@ -130,8 +130,9 @@ def _swin_layer_forward(
 
     windows = window_partition(self.cyclic_shift(hidden_states), self.window_size)
     windows = windows.view(-1, self.window_size * self.window_size, channels)
-    attn_mask = self.get_attn_mask(height_pad, width_pad, dtype=hidden_states.dtype,
-                                   device=windows.device)
+    attn_mask = self.get_attn_mask(
+        height_pad, width_pad, dtype=hidden_states.dtype, device=windows.device
+    )
     attention_output, attn_weights = self.attention(windows, attn_mask, **kwargs)
     attention_output = self.dropout(attention_output)
 
@@ -210,8 +211,15 @@ def _deformable_attention_module_forward(
         )
     else:
         raise ValueError(f"reference_points must end in 2 or 4, got {reference_points.shape}")
-    output = self.attn(value, spatial_shapes, spatial_shapes_list, level_start_index,
-                       sampling_locations, attention_weights, self.im2col_step)
+    output = self.attn(
+        value,
+        spatial_shapes,
+        spatial_shapes_list,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        self.im2col_step,
+    )
     return self.output_proj(output), attention_weights
 
 
@@ -261,11 +269,13 @@ def deformable_attention_by_level(
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
     output = None
     for level, (height, width) in enumerate(value_spatial_shapes_list):
-        value_l = values[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, height,
-                                                                    width)
+        value_l = (
+            values[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, height, width)
+        )
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled = torch.nn.functional.grid_sample(value_l, grid_l, mode="bilinear",
-                                                  padding_mode="zeros", align_corners=False)
+        sampled = torch.nn.functional.grid_sample(
+            value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         term = (sampled * weights[:, :, :, level]).sum(-1)  # [B·heads, dim, queries]
         output = term if output is None else output + term
     assert output is not None
@@ -279,15 +289,30 @@ def _deformable_attention_forward(forward: Callable[..., Any]) -> Callable[..., 
     """
 
     @functools.wraps(forward)
-    def run(self: Any, value: torch.Tensor, value_spatial_shapes: torch.Tensor,
-            value_spatial_shapes_list: list[tuple[Any, Any]], level_start_index: torch.Tensor,
-            sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
-            im2col_step: int) -> torch.Tensor:
+    def run(
+        self: Any,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple[Any, Any]],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
         if not torch.jit.is_tracing():
-            return forward(self, value, value_spatial_shapes, value_spatial_shapes_list,
-                           level_start_index, sampling_locations, attention_weights, im2col_step)
-        return deformable_attention_by_level(value, value_spatial_shapes_list,
-                                             sampling_locations, attention_weights)
+            return forward(
+                self,
+                value,
+                value_spatial_shapes,
+                value_spatial_shapes_list,
+                level_start_index,
+                sampling_locations,
+                attention_weights,
+                im2col_step,
+            )
+        return deformable_attention_by_level(
+            value, value_spatial_shapes_list, sampling_locations, attention_weights
+        )
 
     return run
 
@@ -301,8 +326,9 @@ def _replacements() -> dict[str, dict[str, Any]]:
             "SwinLayer.forward": _swin_layer_forward,
         }
     }
-    for module_name, prefix in zip(_GROUNDING_DINO_MODULES, ("GroundingDino", "MMGroundingDino"),
-                                   strict=True):
+    for module_name, prefix in zip(
+        _GROUNDING_DINO_MODULES, ("GroundingDino", "MMGroundingDino"), strict=True
+    ):
         entry: dict[str, Any] = {
             "generate_masks_with_special_tokens_and_transfer_map": special_token_masks
         }

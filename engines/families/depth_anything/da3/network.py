@@ -6,11 +6,11 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from engines.families.da3.backbone import Backbone
-from engines.families.da3.camera import CameraDecoder, CameraEncoder, pose_to_cameras
-from engines.families.da3.config import Da3Config
-from engines.families.da3.heads import DptHead, DualDptHead
-from engines.families.da3.postprocess import apply_sky_rule
+from engines.families.depth_anything.da3.backbone import Backbone
+from engines.families.depth_anything.da3.camera import CameraDecoder, CameraEncoder, pose_to_cameras
+from engines.families.depth_anything.da3.config import Da3Config
+from engines.families.depth_anything.da3.heads import DptHead, DualDptHead
+from engines.families.depth_anything.da3.postprocess import apply_sky_rule
 
 
 class Da3Output(NamedTuple):

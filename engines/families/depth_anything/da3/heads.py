@@ -26,7 +26,8 @@ def _size(x: Tensor) -> tuple[Size, Size]:
 
 
 def _upsample(x: Tensor, size: tuple[Size, Size]) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    # torch's stubs take int sizes only; traced sizes (tensors) work as well.
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)  # type: ignore[arg-type]
 
 
 def _centred_grid(steps: Size, half_span: float | Tensor, like: Tensor) -> Tensor:
@@ -34,7 +35,7 @@ def _centred_grid(steps: Size, half_span: float | Tensor, like: Tensor) -> Tenso
 
     Written as arithmetic on ``arange`` so that ``n`` may be a traced size.
     """
-    index = torch.arange(steps, dtype=torch.float32, device=like.device)
+    index = torch.arange(steps, dtype=torch.float32, device=like.device)  # type: ignore[arg-type]
     return (half_span * (2.0 * index + 1.0 - steps) / steps).to(like.dtype)
 
 
@@ -186,7 +187,7 @@ class DptHead(nn.Module):
         for stage, tokens in enumerate(features):
             if self.uses_token_norm:
                 tokens = self.norm(tokens)
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+            x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)  # type: ignore[arg-type]
             x = self._add_uv(self.projects[stage](x), aspect)
             maps.append(self.resize_layers[stage](x))
         s = self.scratch

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from engines.families.da3.checkpoint import save_da3
-from engines.families.da3.config import Da3Config
-from engines.families.da3.network import Da3Network
+from engines.families.depth_anything.da3.checkpoint import save_da3
+from engines.families.depth_anything.da3.config import Da3Config
+from engines.families.depth_anything.da3.network import Da3Network
 
 TINY_SEED = 0
 
@@ -51,7 +51,7 @@ TINY_CONFIGS: dict[str, Da3Config] = {
 
 
 @torch.no_grad()
-def _randomize(network: Da3Network, seed: int) -> None:
+def randomize(network: Da3Network, seed: int) -> None:
     """Deterministic weights that keep activations in a sane range (no global RNG used)."""
     generator = torch.Generator().manual_seed(seed)
     transposed = {
@@ -91,5 +91,5 @@ def write_tiny_da3(directory: Path, preset_kind: str, *, seed: int = TINY_SEED) 
     if preset_kind not in TINY_CONFIGS:
         raise ValueError(f"Unknown tiny DA3 kind {preset_kind!r}; use one of {list(TINY_CONFIGS)}")
     network = Da3Network(TINY_CONFIGS[preset_kind])
-    _randomize(network, seed + list(TINY_CONFIGS).index(preset_kind))  # kinds differ
+    randomize(network, seed + list(TINY_CONFIGS).index(preset_kind))  # kinds differ
     return save_da3(network, Path(directory))

@@ -1,4 +1,4 @@
-"""Depth Anything V2 through transformers: the DPT pre-processing recipe and a tiny checkpoint.
+"""Depth Anything V2 through transformers: the DPT pre-processing recipe and a forward.
 
 The released ``-hf`` checkpoints' ``preprocessor_config.json`` asks transformers' DPT image
 processor to resize with the aspect ratio kept, scaling "as little as possible" towards
@@ -14,7 +14,6 @@ input; transformers' ``post_process_depth_estimation`` resizes it bicubically to
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,36 +131,6 @@ def is_v2_config(config: dict[str, Any]) -> bool:
     return config.get("model_type") == "depth_anything"
 
 
-def _randomize(model: Any, seed: int) -> None:
-    """Fan-in scaled random weights, and a positive bias before the final ReLU.
-
-    The default init (std 0.02 everywhere) leaves the tiny network's disparity around 1e-7;
-    these keep it near 1, with most pixels above the ReLU's zero.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    transposed = {
-        f"{name}.weight"
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ConvTranspose2d)
-    }
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith(("position_embeddings", "cls_token", "mask_token")):
-                value = 0.5 * noise
-            elif "layernorm" in name or "norm" in name.split(".")[-2]:
-                value = (1.0 if name.endswith("weight") else 0.0) + 0.05 * noise
-            elif param.ndim == 1:
-                value = 0.1 + 0.02 * noise if "lambda" in name else 0.05 * noise
-            else:  # fan-in scaled; a transposed conv's input channels come first
-                fan_in = param.shape[0] if name in transposed else math.prod(param.shape[1:])
-                value = noise / math.sqrt(fan_in)
-            param.copy_(value)
-        model.head.conv3.bias.fill_(1.0)
-
-
 def v2_forward(model: Any, pixel_values: Any) -> Any:
     """``DepthAnythingForDepthEstimation(pixel_values).predicted_depth``, traceable.
 
@@ -182,37 +151,3 @@ def v2_forward(model: Any, pixel_values: Any) -> Any:
     )
     depth = head.conv3(head.activation1(head.conv2(depth)))
     return (head.activation2(depth) * head.max_depth).squeeze(dim=1)
-
-
-def write_tiny_v2(directory: Path, seed: int = 0) -> Path:
-    """A tiny random ``DepthAnythingForDepthEstimation`` in the released ``-hf`` layout.
-
-    Same wiring as V2-Small (DINOv2 backbone with patch 14 and a 518 position grid, four
-    backbone stages into a DPT neck and the relative-depth head) at a fraction of the width.
-    """
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        patch_size=14,
-        image_size=518,
-        out_indices=[1, 2, 3, 4],  # type: ignore[call-arg]  # set through the backbone mixin
-        reshape_hidden_states=False,
-        apply_layernorm=True,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        reassemble_hidden_size=32,
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-        depth_estimation_type="relative",
-    )
-    model = DepthAnythingForDepthEstimation(config).eval()
-    _randomize(model, seed)
-    model.save_pretrained(directory)
-    (directory / PREPROCESSOR_FILE).write_text(json.dumps(RELEASED_PREPROCESSING, indent=2))
-    return directory

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.families.grounding_dino_text import NO_PROMPT, Caption
+from engines.families.grounding_dino.text import NO_PROMPT, Caption
 
 
 def detections(
@@ -55,7 +55,7 @@ def detections(
     named = naming[np.arange(kept.size), best_token] > 0
     kept, best_token = kept[named], best_token[named]
     prompt_index = caption.token_prompt[best_token]
-    xyxy = _to_pixels(boxes[kept], width, height)
+    xyxy = to_pixels(boxes[kept], width, height)
     order = np.argsort(-scores[kept], kind="stable")
     return [
         {
@@ -74,7 +74,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-x))
 
 
-def _to_pixels(cxcywh: np.ndarray, width: int, height: int) -> np.ndarray:
+def to_pixels(cxcywh: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes (N, 4) cxcywh in [0, 1] as (N, 4) float32 xyxy in pixels, clipped to the image."""
     cx, cy, w, h = cxcywh.astype(np.float32).T
     xyxy = np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=1)
     xyxy *= np.asarray([width, height, width, height], np.float32)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from engines.families.da3.config import Da3Config
-from engines.families.da3.network import Da3Network
+from engines.families.depth_anything.da3.config import Da3Config
+from engines.families.depth_anything.da3.network import Da3Network
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

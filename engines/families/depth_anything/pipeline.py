@@ -1,4 +1,4 @@
-"""Depth Anything: monocular depth from Depth Anything 3 (our network) and V2 (transformers).
+"""The Depth Anything pipeline: pre-processing, one forward, post-processing.
 
 One family, two network kinds, told apart by the checkpoint's ``config.json``: DA3 checkpoints
 name a preset (``{"model_name": "da3-small"}``) or spell out our architecture fields; V2
@@ -11,12 +11,13 @@ Around it, shared by the torch and ONNX runtimes:
 
 - Pre-processing: DA3 as its reference package does it (longest side to 504, sides to
   multiples of 14, ImageNet mean/std; :func:`preprocess_da3`); V2 as its checkpoint's
-  ``preprocessor_config.json`` prescribes (:mod:`depth_anything_v2`).
+  ``preprocessor_config.json`` prescribes (:mod:`.v2`).
 - Post-processing: DA3 mono / metric give sky pixels the 99th-percentile depth of the rest
   (the reference's sky rule, :func:`apply_sky_rule`, per image). It runs here rather than in
   the graph because it is discontinuous: a sky score within rounding of the 0.3 threshold
   flips a pixel between its depth and the fill value, so an export's parity is measured on
-  the graph's raw depth (``parity_options``), and both runtimes then apply the same rule.
+  the graph's raw depth (``ParityOptions`` in ``export.py``), and both runtimes then apply
+  the same rule.
   The depth map is resized to the input image (DA3 bilinear, V2 bicubic as
   transformers' ``post_process_depth_estimation`` does); metric DA3 depth becomes metres by the
   reference rule ``focal * depth / 300`` with the focal length in *network-input* pixels; DA3
@@ -36,48 +37,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from engines.base import Family, LoadRequest, OnnxGraph, Pipeline, Prepared, VariantSpec
-from engines.checkpoints import resolve_checkpoint
-from engines.families.depth_anything_v2 import (
-    DptPreprocessing,
-    is_v2_config,
-    load_dpt_preprocessing,
-    v2_forward,
-    write_tiny_v2,
-)
+from engines.base import Pipeline, Prepared
+from engines.families.depth_anything.options import DepthAnythingOptions
+from engines.families.depth_anything.v2 import DptPreprocessing, is_v2_config
 
-APACHE = "Apache-2.0"
-NON_COMMERCIAL = "CC BY-NC 4.0 (non-commercial use only)"
-VARIANTS = {
-    spec.name: spec
-    for spec in (
-        VariantSpec("small", "depth-anything/DA3-SMALL", APACHE),
-        VariantSpec("base", "depth-anything/DA3-BASE", APACHE),
-        VariantSpec("large", "depth-anything/DA3-LARGE-1.1", NON_COMMERCIAL),
-        VariantSpec("giant", "depth-anything/DA3-GIANT-1.1", NON_COMMERCIAL),
-        VariantSpec("mono-large", "depth-anything/DA3MONO-LARGE", APACHE),
-        VariantSpec("metric-large", "depth-anything/DA3METRIC-LARGE", APACHE),
-        VariantSpec("v2-small", "depth-anything/Depth-Anything-V2-Small-hf", APACHE),
-        VariantSpec("v2-base", "depth-anything/Depth-Anything-V2-Base-hf", NON_COMMERCIAL),
-        VariantSpec("v2-large", "depth-anything/Depth-Anything-V2-Large-hf", NON_COMMERCIAL),
-    )
-}
 DA3_PROCESS_RES = 504
 # Metric DA3 without the request's focal_px: a camera with this horizontal field of view.
 DEFAULT_HORIZONTAL_FOV_DEG = 60.0
 PNG_LEVELS = 65535
-
-
-class DepthOptions(Protocol):
-    """The request fields this family reads."""
-
-    output_format: Literal["array", "png"]
-    focal_px: float | None
 
 
 @dataclass(frozen=True)
@@ -126,7 +98,7 @@ class DepthNetwork:
         if is_v2_config(config):
             return cls("v2", metric=config.get("depth_estimation_type") == "metric")
         if "model_name" in config:
-            from engines.families.da3.config import Da3Config
+            from engines.families.depth_anything.da3.config import Da3Config
 
             da3 = Da3Config.from_json_dict(config)
             has_sky = da3.head_kind == "dpt" and da3.sky_head
@@ -142,7 +114,7 @@ def read_network(path: Path) -> DepthNetwork:
     return DepthNetwork.from_config(json.loads((path / "config.json").read_text()))
 
 
-class DepthPipeline(Pipeline[DepthOptions]):
+class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
     """Depth Anything around a core with one graph ``model`` (see the module docstring)."""
 
     def __init__(
@@ -157,31 +129,33 @@ class DepthPipeline(Pipeline[DepthOptions]):
         self.network = network
         self.v2_preprocessing = v2_preprocessing
 
-    def prepare(self, image: Image.Image, options: DepthOptions) -> Prepared:
+    def prepare(self, image: Image.Image, options: DepthAnythingOptions) -> Prepared:
         """Resize and normalise one image; images of equal network size share a forward."""
         if self.v2_preprocessing is not None:
             pixels = self.v2_preprocessing(image)
         else:
-            from engines.families.da3 import preprocess_da3
+            from engines.families.depth_anything.da3 import preprocess_da3
 
             rgb = np.asarray(image.convert("RGB"))
             pixels = preprocess_da3(rgb, process_res=DA3_PROCESS_RES).numpy()
         return Prepared({"pixel_values": pixels}, image.width, image.height)
 
-    def forward(self, batch: Sequence[Prepared], options: DepthOptions) -> list[dict[str, Any]]:
+    def forward(
+        self, batch: Sequence[Prepared], options: DepthAnythingOptions
+    ) -> list[dict[str, Any]]:
         """One forward for the batch; each image's outputs at the network input size."""
         pixels = np.stack([p.arrays["pixel_values"] for p in batch])
         out = self.core.run("model", {"pixel_values": pixels})
         return [{name: out[name][i] for name in self.network.outputs} for i in range(len(batch))]
 
     def postprocess(
-        self, raw: dict[str, Any], prepared: Prepared, options: DepthOptions
+        self, raw: dict[str, Any], prepared: Prepared, options: DepthAnythingOptions
     ) -> dict[str, Any]:
         """Metric conversion, resize to the input image, encoding, camera fields."""
         network = self.network
         depth = np.asarray(raw["depth"], np.float32)
         net_h, net_w = depth.shape
-        # Only export parity turns the rule off (``_ParityOptions``; not a request field).
+        # Only export parity turns the rule off (``ParityOptions``; not a request field).
         if "sky" in raw and getattr(options, "sky_rule", True):
             depth = sky_rule(depth, np.asarray(raw["sky"], np.float32))
         width, height = prepared.width, prepared.height
@@ -206,9 +180,7 @@ class DepthPipeline(Pipeline[DepthOptions]):
         low, high = float(resized.min()), float(resized.max())
         result["min"], result["max"] = low, high
         result["depth"] = (
-            depth_to_png(resized, low, high)
-            if options.output_format == "png"
-            else resized.tolist()
+            depth_to_png(resized, low, high) if options.output_format == "png" else resized.tolist()
         )
         if "confidence" in raw:
             confidence = np.asarray(raw["confidence"], np.float64)
@@ -222,7 +194,7 @@ class DepthPipeline(Pipeline[DepthOptions]):
                 np.asarray(raw["intrinsics"], np.float64), (width, height), (net_w, net_h)
             ).tolist()
         if "sky" in raw:
-            from engines.families.da3.postprocess import SKY_THRESHOLD
+            from engines.families.depth_anything.da3.postprocess import SKY_THRESHOLD
 
             result["sky_fraction"] = float(np.mean(np.asarray(raw["sky"]) >= SKY_THRESHOLD))
         return result
@@ -236,7 +208,7 @@ def sky_rule(depth: np.ndarray, sky: np.ndarray) -> np.ndarray:
     """The reference's sky rule on one (h, w) map (:func:`apply_sky_rule`)."""
     import torch
 
-    from engines.families.da3 import apply_sky_rule
+    from engines.families.depth_anything.da3 import apply_sky_rule
 
     with torch.inference_mode():
         ruled = apply_sky_rule(torch.from_numpy(depth)[None], torch.from_numpy(sky)[None])
@@ -263,7 +235,7 @@ def metric_from_focal(
     """
     import torch
 
-    from engines.families.da3 import metric_depth_m
+    from engines.families.depth_anything.da3 import metric_depth_m
 
     (width, height), (net_w, net_h) = image_size, network_size
     focal_network = focal_px * (net_w / width + net_h / height) / 2.0
@@ -317,158 +289,3 @@ def png_to_depth(encoded: str, low: float, high: float) -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
         levels = np.asarray(image).astype(np.float64)
     return low + levels / PNG_LEVELS * (high - low)
-
-
-@dataclass
-class _ParityOptions:
-    output_format: Literal["array", "png"] = "array"
-    focal_px: float | None = None
-    sky_rule: bool = False  # compare the graphs' raw depth (see the module docstring)
-
-
-class DepthAnythingFamily(Family):
-    """Depth Anything 3 (any-view, mono, metric) and Depth Anything V2 checkpoints."""
-
-    name = "depth-anything"
-    aliases = ("depth_anything",)
-    default_variant = "small"
-    variants = VARIANTS
-    # Relative L2 error of each depth map (after post-processing), worst image; intrinsics and
-    # the mean confidence where the network predicts them.
-    parity_gates = {
-        "depth_rel_l2_max": ("<=", 1e-4),
-        "intrinsics_rel_max": ("<=", 1e-4),
-        "confidence_mean_rel_max": ("<=", 1e-4),
-    }
-
-    def load_torch(self, request: LoadRequest) -> DepthPipeline:
-        """Load a DA3 checkpoint with our network, or a V2 one with transformers.
-
-        Raises:
-            ValueError: The checkpoint is neither kind.
-        """
-        from engines.torch_runtime import set_torch_threads
-
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.safetensors"]
-        )
-        network = read_network(path)
-        if network.architecture == "v2":
-            core = _v2_core(path, request)
-            return DepthPipeline(
-                core, network, v2_preprocessing=load_dpt_preprocessing(path), checkpoint_dir=path
-            )
-        return DepthPipeline(_da3_core(path, request, network), network, checkpoint_dir=path)
-
-    def load_onnx(self, request: LoadRequest, core: Any) -> DepthPipeline:
-        """The pipeline around exported graphs; the checkpoint's JSON files give the rest."""
-        path = resolve_checkpoint(request.spec.source, request.hf_token, allow_patterns=["*.json"])
-        network = read_network(path)
-        preprocessing = load_dpt_preprocessing(path) if network.architecture == "v2" else None
-        return DepthPipeline(core, network, v2_preprocessing=preprocessing, checkpoint_dir=path)
-
-    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
-        """One graph ``model``; batch, height and width dynamic."""
-        assert isinstance(pipeline, DepthPipeline)
-        if pipeline.v2_preprocessing is not None:
-            width, height = pipeline.v2_preprocessing.output_size(640, 480)
-        else:
-            from engines.families.da3 import da3_input_size
-
-            width, height = da3_input_size(640, 480, DA3_PROCESS_RES)
-        example = np.random.default_rng(0).standard_normal((2, 3, height, width), np.float32)
-        image_axes = {0: "batch", 1: "height", 2: "width"}
-        axes: dict[str, dict[int, str]] = {
-            "pixel_values": {0: "batch", 2: "height", 3: "width"},
-            "depth": image_axes,
-        }
-        if pipeline.network.has_camera:
-            axes |= {"confidence": image_axes, "intrinsics": {0: "batch"}}
-        if pipeline.network.has_sky:
-            axes["sky"] = image_axes
-        return [
-            OnnxGraph(
-                name="model",
-                inputs={"pixel_values": example},
-                outputs=pipeline.network.outputs,
-                dynamic_axes=axes,
-            )
-        ]
-
-    def parity_options(self) -> list[Any]:
-        """Depth maps as arrays (metric variants with their default focal), no sky rule."""
-        return [_ParityOptions()]
-
-    def parity_metrics(
-        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
-    ) -> dict[str, float]:
-        """Worst relative L2 error of the depth maps, of intrinsics and of mean confidence."""
-        depth, intrinsics, confidence = [], [], []
-        for ref, cand in zip(reference, candidate, strict=True):
-            depth.append(_rel_l2(ref["depth"], cand["depth"]))
-            if "intrinsics" in ref:
-                intrinsics.append(_rel_l2(ref["intrinsics"], cand["intrinsics"]))
-            if "confidence" in ref:
-                mean = ref["confidence"]["mean"]
-                confidence.append(abs(cand["confidence"]["mean"] - mean) / max(abs(mean), 1e-30))
-        metrics = {"depth_rel_l2_max": max(depth)}
-        if intrinsics:
-            metrics["intrinsics_rel_max"] = max(intrinsics)
-        if confidence:
-            metrics["confidence_mean_rel_max"] = max(confidence)
-        return metrics
-
-    def write_tiny(self, directory: Path) -> dict[str, str]:
-        """Tiny random DA3 any-view (default), mono and metric, and a tiny V2 checkpoint."""
-        from engines.families.da3 import write_tiny_da3
-
-        written = {}
-        kinds = {"tiny": "anyview", "tiny-mono": "mono", "tiny-metric": "metric"}
-        for variant, kind in kinds.items():
-            target = directory / f"depth-anything-{variant}"
-            write_tiny_da3(target, kind)
-            written[variant] = target.name
-        target = directory / "depth-anything-tiny-v2"
-        write_tiny_v2(target)
-        written["tiny-v2"] = target.name
-        return written
-
-
-def _da3_core(path: Path, request: LoadRequest, network: DepthNetwork) -> Any:
-    import torch
-
-    from engines.families.da3 import load_da3
-    from engines.torch_runtime import DTYPES, TorchCore
-
-    model, _ = load_da3(
-        path, device=request.device, dtype=DTYPES[request.dtype], token=request.hf_token
-    )
-    model.sky_rule = False  # applied in post-processing, for both runtimes
-    names = network.outputs
-
-    def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model(pixel_values)._asdict()
-        return {name: out[name] for name in names}
-
-    return TorchCore(model, {"model": run_model}, request.device, request.dtype)
-
-
-def _v2_core(path: Path, request: LoadRequest) -> Any:
-    import torch
-    from transformers import DepthAnythingForDepthEstimation
-
-    from engines.torch_runtime import DTYPES, TorchCore
-
-    model = DepthAnythingForDepthEstimation.from_pretrained(path, dtype=DTYPES[request.dtype])
-    model = model.to(request.device).eval()
-
-    def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"depth": v2_forward(model, pixel_values)}
-
-    return TorchCore(model, {"model": run_model}, request.device, request.dtype)
-
-
-def _rel_l2(reference: Any, candidate: Any) -> float:
-    x, y = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    return float(np.linalg.norm(x - y) / max(float(np.linalg.norm(x)), 1e-30))

@@ -1,7 +1,6 @@
-"""SAM3: text-prompted instance segmentation (``facebook/sam3`` through transformers).
+"""SAM3's pipeline: fixed-size pre-processing, prompt tokens, encode once, decode per prompt.
 
-Each image is encoded once and every prompt of the request runs against that encoding: the
-core has three graphs, ``vision`` (pixel_values → the FPN levels the detector reads),
+The core has three graphs, ``vision`` (pixel_values → the FPN levels the detector reads),
 ``text`` (token ids → projected text features) and ``decoder`` (one row per prompt: image
 levels + text features → masks, boxes, logits, presence), so work grows with prompts only by
 the decoder's cost and an image-embedding cache can sit between :meth:`Sam3Pipeline.encode_images`
@@ -23,28 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from engines.base import (
-    Arrays,
-    Family,
-    LoadRequest,
-    OnnxGraph,
-    Pipeline,
-    Prepared,
-    VariantSpec,
-    to_host,
-)
-from engines.checkpoints import resolve_checkpoint
+from engines.base import Arrays, Pipeline, Prepared, to_host
 from engines.errors import InvalidInputError
+from engines.families.sam3.options import Sam3Options
 from engines.images import image_to_chw_float, resize_normalize
-from engines.masks import FORMATS, encode_mask
+from engines.masks import encode_mask
 
-LICENSE = "SAM License (gated)"
-VARIANTS = {"sam3": VariantSpec("sam3", "facebook/sam3", LICENSE)}
 # The released recipe (Sam3ImageProcessor's defaults), for keys a config file lacks.
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "do_resize": True,
@@ -61,15 +49,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 PROMPTS_PER_CALL = 8
 # Images per vision-encoder call: the ViT's activations are ~1 GB per 1008² image.
 IMAGES_PER_CALL = 4
-
-
-class Sam3Options(Protocol):
-    """The request fields this family reads."""
-
-    prompts: Sequence[str]
-    threshold: float
-    mask_threshold: float
-    output_format: str
 
 
 @dataclass(frozen=True)
@@ -241,16 +220,12 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
 
     # -- the Pipeline contract -------------------------------------------------------------
     def prepare(self, image: Image.Image, options: Sam3Options) -> Prepared:
-        """Check the options, tokenise the prompts (once per request) and pre-process the image.
+        """Tokenise the prompts (once per request) and pre-process the image.
 
         Raises:
-            InvalidInputError: Unknown output format, or a prompt that is blank or too long.
+            InvalidInputError: A prompt is too long for the checkpoint's text encoder (or blank).
 
         """
-        if options.output_format not in FORMATS:
-            raise InvalidInputError(
-                f"Unknown output format {options.output_format!r}: use one of {', '.join(FORMATS)}."
-            )
         tokens = self.tokenizer(options.prompts)
         pixels = self.preprocessing(image)
         return Prepared({"pixel_values": pixels}, image.width, image.height, {"tokens": tokens})
@@ -296,7 +271,7 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
 
     def warmup(self) -> None:
         """Run the text path, and the image path unless it would only cost time (CPU)."""
-        options = _WarmupOptions()
+        options = Sam3Options(prompts=["object"])
         prepared = self.prepare(Image.new("RGB", (64, 64)), options)
         if self.warmup_vision:
             self.forward([prepared], options)
@@ -358,22 +333,6 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         return Detections.concat(parts)
 
 
-@dataclass
-class _WarmupOptions:
-    prompts: Sequence[str] = ("object",)
-    threshold: float = 0.5
-    mask_threshold: float = 0.5
-    output_format: str = "rle"
-
-
-# Export parity: every query of every prompt is kept (threshold 0), so the comparison covers
-# all Q instances per prompt whatever random weights make of the scores.
-PARITY_OPTIONS = _WarmupOptions(prompts=("cat", "a person"), threshold=0.0)
-# How far (in rank) a tied instance may have moved between runtimes, and the score difference
-# within which a different instance at the same rank is taken for a tie rather than a mismatch.
-TIE_WINDOW = 3
-
-
 def vision_output_names(levels: int) -> list[str]:
     """Names of the vision graph's outputs (and the decoder's image inputs)."""
     return [f"fpn_hidden_states_{i}" for i in range(levels)] + [
@@ -393,232 +352,3 @@ def _take(array: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def detector_config(path: Path) -> Any:
-    """The detector's ``Sam3Config`` of a checkpoint (also inside a ``sam3_video`` config)."""
-    from transformers import AutoConfig, Sam3Config
-
-    config = AutoConfig.from_pretrained(path)
-    nested = getattr(config, "detector_config", None)
-    if nested is not None:
-        return Sam3Config(**nested) if isinstance(nested, dict) else nested
-    return config
-
-
-def _box_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    return float(np.max(np.abs(np.asarray(a["box"]) - np.asarray(b["box"]))))
-
-
-def _pair_by_rank(
-    reference: list[dict[str, Any]], candidate: list[dict[str, Any]], side: float
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pair one prompt's instances (both sorted by score) by rank, letting ties swap."""
-    free = set(range(len(candidate)))
-    pairs = []
-    for i, a in enumerate(reference):
-        if i in free:
-            b = candidate[i]
-            if abs(a["score"] - b["score"]) <= 1e-4 and _box_diff(a, b) <= 1e-3 * side:
-                free.discard(i)
-                pairs.append((a, b))
-                continue
-        window = [j for j in free if abs(j - i) <= TIE_WINDOW]
-        if not window:
-            continue
-        j = min(window, key=lambda k: _box_diff(a, candidate[k]) / side
-                + abs(a["score"] - candidate[k]["score"]))
-        free.discard(j)
-        pairs.append((a, candidate[j]))
-    return pairs
-
-
-def _mask_iou(a: dict[str, Any], b: dict[str, Any], height: int, width: int) -> float:
-    from engines.masks import decode_mask
-
-    x = decode_mask(a["mask"], "rle", height, width)
-    y = decode_mask(b["mask"], "rle", height, width)
-    union = int(np.logical_or(x, y).sum())
-    return 1.0 if union == 0 else int(np.logical_and(x, y).sum()) / union
-
-
-class Sam3Family(Family):
-    """SAM3's image detector (``Sam3Model``, text prompts) through transformers."""
-
-    name = "sam3"
-    default_variant = "sam3"
-    variants = VARIANTS
-    graphs = ("vision", "text", "decoder")
-
-    # Compared on instances matched by prompt and rank (ties may swap neighbours); boxes as a
-    # fraction of the image's longer side, masks after resizing and thresholding.
-    parity_gates = {
-        "scores_max_abs_diff": ("<=", 1e-4),
-        "boxes_max_abs_diff_rel": ("<=", 1e-3),
-        "mask_iou_min": (">=", 0.99),
-        "instances_matched_fraction": (">=", 1.0),
-    }
-
-    def load_torch(self, request: LoadRequest) -> Sam3Pipeline:
-        """Load ``Sam3Model`` and the checkpoint's tokenizer; split into three graphs."""
-        from transformers import AutoTokenizer, Sam3Model
-
-        from engines.families.sam3_graphs import torch_graphs
-        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
-
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source,
-            request.hf_token,
-            allow_patterns=["*.json", "*.safetensors", "*.txt"],
-        )
-        model: Any = Sam3Model.from_pretrained(path, dtype=DTYPES[request.dtype])
-        model = model.to(request.device).eval()
-        config = model.config  # the detector's config, also when the file is a video config
-        levels = len(config.vision_config.scale_factors) - 1
-        tokenizer = PromptTokenizer(
-            AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
-        )
-        core = TorchCore(model, torch_graphs(model, levels), request.device, request.dtype)
-        return Sam3Pipeline(
-            core,
-            Preprocessing.load(path),
-            tokenizer,
-            levels=levels,
-            # float64 exists only as the export parity reference: one image per vision call
-            # there, since a 1008² image's global attention alone is ~3.4 GB in float64.
-            images_per_call=1 if request.dtype == "float64" else IMAGES_PER_CALL,
-            warmup_vision=not request.device.startswith("cpu"),
-            checkpoint_dir=path,
-        )
-
-    # -- ONNX ------------------------------------------------------------------------------
-    def load_onnx(self, request: LoadRequest, core: Any) -> Sam3Pipeline:
-        """The pipeline around exported graphs (or a hybrid core): same steps as on torch.
-
-        The image is encoded once by ``vision`` and its embedding is decoded against every
-        prompt by ``decoder``, exactly as :meth:`load_torch`'s pipeline does.
-        """
-        from transformers import AutoTokenizer
-
-        path = resolve_checkpoint(
-            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.txt"]
-        )
-        config = detector_config(path)
-        tokenizer = PromptTokenizer(
-            AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
-        )
-        on_cpu = request.device.startswith("cpu")
-        return Sam3Pipeline(
-            core,
-            Preprocessing.load(path),
-            tokenizer,
-            levels=len(config.vision_config.scale_factors) - 1,
-            # Exported without the fused attention (``--no-optimize``), ONNX Runtime's CPU
-            # provider materialises every global attention matrix (heads × 5184² floats,
-            # ~1.7 GB per 1008² image, and as much for its softmax) and its arena keeps the
-            # peak; with it, activations are still ~GBs per image. One image per vision call
-            # bounds that at no cost in throughput (the CPU is saturated by one image).
-            images_per_call=1 if on_cpu else IMAGES_PER_CALL,
-            warmup_vision=not on_cpu,
-            checkpoint_dir=path,
-        )
-
-    def onnx_graphs(self, pipeline: Pipeline[Any]) -> list[OnnxGraph]:
-        """``vision`` (dynamic batch), ``text`` and ``decoder`` (dynamic prompts).
-
-        The decoder is traced with a batch-1 image embedding and two prompts, so the graph
-        records the broadcast of the embedding to one row per prompt (an ``Expand`` to the
-        prompt count, which also accepts an embedding that already has P rows). The spatial
-        size is fixed: SAM3 always resizes to its input size. The legacy exporter drops the
-        decoder inputs the detector never reads (the two finer position encodings); the ONNX
-        core feeds only the inputs a graph lists.
-        """
-        assert isinstance(pipeline, Sam3Pipeline)
-        height, width = pipeline.preprocessing.size
-        pixels = np.random.default_rng(0).standard_normal((2, 3, height, width), np.float32)
-        names = pipeline.vision_names
-        # One image is enough for the decoder's example embedding.
-        vision = pipeline.core.run("vision", {"pixel_values": pixels[:1]})
-        embedding = {name: vision[name][:1] for name in names}
-        tokens = pipeline.tokenizer(PARITY_OPTIONS.prompts)
-        text = pipeline.encode_text(tokens)
-        decoder_outputs = ["pred_masks", "pred_boxes", "pred_logits", "presence_logits"]
-        return [
-            OnnxGraph(
-                name="vision",
-                inputs={"pixel_values": pixels},
-                outputs=names,
-                dynamic_axes={"pixel_values": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-            ),
-            OnnxGraph(
-                name="text",
-                inputs={"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask},
-                outputs=["text_features"],
-                dynamic_axes={
-                    "input_ids": {0: "prompts"},
-                    "attention_mask": {0: "prompts"},
-                    "text_features": {0: "prompts"},
-                },
-            ),
-            OnnxGraph(
-                name="decoder",
-                inputs={
-                    "text_features": text["text_features"],
-                    "attention_mask": text["attention_mask"],
-                    **embedding,
-                },
-                outputs=decoder_outputs,
-                dynamic_axes={
-                    "text_features": {0: "prompts"},
-                    "attention_mask": {0: "prompts"},
-                    # 1 (broadcast to every prompt) or the prompt count.
-                    **{n: {0: "image_rows"} for n in names},
-                    **{n: {0: "prompts"} for n in decoder_outputs},
-                },
-            ),
-        ]
-
-    def parity_options(self) -> list[Any]:
-        """Two prompts, every query kept."""
-        return [PARITY_OPTIONS]
-
-    def parity_metrics(
-        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
-    ) -> dict[str, float]:
-        """Worst score, box and mask differences over instances matched by prompt and rank.
-
-        Within one prompt the i-th instance of one run is paired with the i-th of the other;
-        if that one differs (score beyond the gate, or box beyond it) the nearest unpaired
-        instance within :data:`TIE_WINDOW` ranks is taken instead, so that two queries with
-        near-equal scores that swapped places are still compared with their own selves.
-        """
-        scores, boxes, ious = [0.0], [0.0], [1.0]
-        matched = total = 0
-        for ref, cand in zip(reference, candidate, strict=True):
-            width, height = ref["width"], ref["height"]
-            side = float(max(width, height))
-            prompts = {i["prompt_index"] for i in ref["instances"] + cand["instances"]}
-            for prompt in sorted(prompts):
-                r = [i for i in ref["instances"] if i["prompt_index"] == prompt]
-                c = [i for i in cand["instances"] if i["prompt_index"] == prompt]
-                total += max(len(r), len(c))
-                for a, b in _pair_by_rank(r, c, side):
-                    matched += 1
-                    scores.append(abs(a["score"] - b["score"]))
-                    boxes.append(_box_diff(a, b) / side)
-                    ious.append(_mask_iou(a, b, height, width))
-        return {
-            "scores_max_abs_diff": max(scores),
-            "boxes_max_abs_diff_rel": max(boxes),
-            "mask_iou_min": min(ious),
-            "instances_matched_fraction": matched / total if total else 1.0,
-        }
-
-    def write_tiny(self, directory: Path) -> dict[str, str]:
-        """Write a tiny random ``Sam3Model`` with a small CLIP tokenizer, at 112×112 input."""
-        from engines.families.sam3_tiny import write_tiny_checkpoint
-
-        target = directory / "sam3-tiny"
-        write_tiny_checkpoint(target)
-        return {"tiny": target.name}

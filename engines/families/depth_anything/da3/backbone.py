@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engines.families.da3.blocks import Block, RopeTable, rope_table
-from engines.families.da3.config import Da3Config
+from engines.families.depth_anything.da3.blocks import Block, RopeTable, rope_table
+from engines.families.depth_anything.da3.config import Da3Config
 
 # The output of one selected block: (patch features [B, P, C'], camera token [B, C']).
 LayerOutput = tuple[Tensor, Tensor]
@@ -44,13 +44,14 @@ def bicubic_matrix(
     tensor arithmetic only, so that ``size_out`` and ``1 / s`` may be traced sizes: the
     interpolated position embedding then follows the input size of an exported graph.
     """
-    source = (torch.arange(size_out, dtype=torch.float32, device=device) + 0.5) * inverse_scale
+    source = torch.arange(size_out, dtype=torch.float32, device=device)  # type: ignore[arg-type]
+    source = (source + 0.5) * inverse_scale
     source = source - 0.5
     first = torch.floor(source)
     weights = _cubic_weights(source - first)
     offsets = torch.arange(-1, 3, device=device)
     taps = (first.long()[:, None] + offsets[None]).clamp(0, size_in - 1)
-    one_hot = (taps[..., None] == torch.arange(size_in, device=device)[None, None])
+    one_hot = taps[..., None] == torch.arange(size_in, device=device)[None, None]
     one_hot = one_hot.to(weights.dtype)
     return (weights[..., None] * one_hot).sum(dim=1)
 
@@ -121,8 +122,9 @@ class VisionTransformer(nn.Module):
 
         The special token 0 sits at position (0, 0); patches start at (1, 1).
         """
-        row_index = torch.arange(grid_h, device=x.device)[:, None]
-        col_index = torch.arange(grid_w, device=x.device)[None, :]
+        # torch's stubs take int sizes only; traced sizes (tensors) work as well.
+        row_index = torch.arange(grid_h, device=x.device)[:, None]  # type: ignore[arg-type]
+        col_index = torch.arange(grid_w, device=x.device)[None, :]  # type: ignore[arg-type]
         rows = (row_index + torch.zeros_like(col_index)).reshape(-1) + 1
         cols = (col_index + torch.zeros_like(row_index)).reshape(-1) + 1
         zero = torch.zeros(1, dtype=rows.dtype, device=x.device)

@@ -1,4 +1,4 @@
-"""SAM3's three torch graphs over one ``Sam3Model`` (contract: ``sam3.Sam3Pipeline``).
+"""SAM3's three torch graphs over one ``Sam3Model`` (contract: ``pipeline.Sam3Pipeline``).
 
 ``Sam3Model.forward`` takes pre-computed inputs as transformers objects: ``vision_embeds`` a
 ``Sam3VisionEncoderOutput`` whose ``fpn_hidden_states`` / ``fpn_position_encoding`` it slices
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engines.families.sam3 import vision_output_names
+from engines.families.sam3.pipeline import vision_output_names
 
 
 def torch_graphs(model: Any, levels: int) -> dict[str, Callable[..., Mapping[str, torch.Tensor]]]:

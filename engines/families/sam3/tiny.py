@@ -22,6 +22,21 @@ IMAGE_SIZE = 112
 TEXT_LENGTH = 32
 
 
+def write_tiny(directory: Path) -> dict[str, str]:
+    """Write a tiny random ``Sam3Model`` with a small CLIP tokenizer, at 112×112 input.
+
+    Args:
+        directory: Where to write; the checkpoint goes to its ``sam3-tiny`` subdirectory.
+
+    Returns:
+        ``{"tiny": "sam3-tiny"}``: the variant and its subdirectory.
+
+    """
+    target = directory / "sam3-tiny"
+    write_tiny_checkpoint(target)
+    return {"tiny": target.name}
+
+
 def write_tiny_checkpoint(target: Path, seed: int = 0) -> None:
     """Write model weights, config, tokenizer files and ``preprocessor_config.json``."""
     import torch

@@ -1,0 +1,113 @@
+"""The GroundingDINO family: its variants and how to load one on torch or from ONNX."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.base import Family, LoadRequest, VariantSpec
+from engines.checkpoints import resolve_checkpoint
+from engines.families.grounding_dino.images import load_preprocessing
+from engines.families.grounding_dino.options import GroundingDinoOptions
+from engines.families.grounding_dino.pipeline import GroundingDinoPipeline
+
+MM_LICENSE = "Apache-2.0 (MMDetection; see model card)"
+MM_HUB = "openmmlab-community/mm_grounding_dino_{}"
+VARIANTS = {
+    "tiny": VariantSpec("tiny", "IDEA-Research/grounding-dino-tiny", "Apache-2.0"),
+    "base": VariantSpec("base", "IDEA-Research/grounding-dino-base", "Apache-2.0"),
+    **{
+        f"mm-{name.replace('_', '-')}": VariantSpec(
+            f"mm-{name.replace('_', '-')}", MM_HUB.format(name), MM_LICENSE
+        )
+        for name in (
+            "tiny_o365v1_goldg",
+            "tiny_o365v1_goldg_grit",
+            "tiny_o365v1_goldg_v3det",
+            "tiny_o365v1_goldg_grit_v3det",
+            "base_o365v1_goldg_v3det",
+            "base_all",
+            "large_o365v2_oiv6_goldg",
+            "large_all",
+        )
+    },
+}
+
+
+class GroundingDinoFamily(Family):
+    """GroundingDINO (IDEA-Research) and MM-GroundingDINO (OpenMMLab) through transformers."""
+
+    name = "grounding-dino"
+    aliases = ("grounding_dino",)
+    default_variant = "tiny"
+    variants = VARIANTS
+    options_type = GroundingDinoOptions
+
+    def load_torch(self, request: LoadRequest) -> GroundingDinoPipeline:
+        """Load with ``AutoModelForZeroShotObjectDetection`` and the checkpoint's tokenizer.
+
+        That resolves ``GroundingDinoForObjectDetection`` or, for MM-GroundingDINO
+        checkpoints, ``MMGroundingDinoForObjectDetection``; both take and return the same.
+        """
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
+
+        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+
+        set_torch_threads(request.torch_threads)
+        path = resolve_checkpoint(
+            request.spec.source,
+            request.hf_token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt"],
+        )
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            path, dtype=DTYPES[request.dtype]
+        )
+        model = model.to(request.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+
+        def run_model(
+            pixel_values: torch.Tensor,
+            pixel_mask: torch.Tensor,
+            input_ids: torch.Tensor,
+            token_type_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+        ) -> dict[str, torch.Tensor]:
+            out = model(
+                pixel_values=pixel_values,
+                pixel_mask=pixel_mask,
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+            )
+            # logits are padded with -inf to max_text_len: keep the caption's tokens only.
+            return {
+                "logits": out.logits[..., : input_ids.shape[1]],
+                "pred_boxes": out.pred_boxes,
+                "reference_points": out.init_reference_points,
+            }
+
+        core = TorchCore(model, {"model": run_model}, request.device, request.dtype)
+        return GroundingDinoPipeline(
+            core,
+            load_preprocessing(path),
+            tokenizer,
+            int(model.config.max_text_len),
+            pad_batches=request.device.startswith("cuda"),
+            checkpoint_dir=path,
+        )
+
+    def load_onnx(self, request: LoadRequest, core: Any) -> GroundingDinoPipeline:
+        """The pipeline around the exported ``model`` graph; batching as on torch."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = resolve_checkpoint(
+            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.txt"]
+        )
+        return GroundingDinoPipeline(
+            core,
+            load_preprocessing(path),
+            AutoTokenizer.from_pretrained(path),
+            int(AutoConfig.from_pretrained(path).max_text_len),
+            pad_batches=request.device.startswith("cuda"),
+            checkpoint_dir=path,
+        )

@@ -1,0 +1,104 @@
+"""SAM3's family: the released checkpoint, and loading it on torch or from exported graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engines.base import Core, Family, LoadRequest, VariantSpec
+from engines.checkpoints import resolve_checkpoint
+from engines.families.sam3.options import Sam3Options
+from engines.families.sam3.pipeline import (
+    IMAGES_PER_CALL,
+    Preprocessing,
+    PromptTokenizer,
+    Sam3Pipeline,
+)
+
+LICENSE = "SAM License (gated)"
+VARIANTS = {"sam3": VariantSpec("sam3", "facebook/sam3", LICENSE)}
+
+
+def detector_config(path: Path) -> Any:
+    """The detector's ``Sam3Config`` of a checkpoint (also inside a ``sam3_video`` config)."""
+    from transformers import AutoConfig, Sam3Config
+
+    config = AutoConfig.from_pretrained(path)
+    nested = getattr(config, "detector_config", None)
+    if nested is not None:
+        return Sam3Config(**nested) if isinstance(nested, dict) else nested
+    return config
+
+
+class Sam3Family(Family):
+    """SAM3's image detector (``Sam3Model``, text prompts) through transformers."""
+
+    name = "sam3"
+    default_variant = "sam3"
+    variants = VARIANTS
+    graphs = ("vision", "text", "decoder")
+    options_type = Sam3Options
+
+    def load_torch(self, request: LoadRequest) -> Sam3Pipeline:
+        """Load ``Sam3Model`` and the checkpoint's tokenizer; split into three graphs."""
+        from transformers import AutoTokenizer, Sam3Model
+
+        from engines.families.sam3.graphs import torch_graphs
+        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+
+        set_torch_threads(request.torch_threads)
+        path = resolve_checkpoint(
+            request.spec.source,
+            request.hf_token,
+            allow_patterns=["*.json", "*.safetensors", "*.txt"],
+        )
+        model: Any = Sam3Model.from_pretrained(path, dtype=DTYPES[request.dtype])
+        model = model.to(request.device).eval()
+        config = model.config  # the detector's config, also when the file is a video config
+        levels = len(config.vision_config.scale_factors) - 1
+        tokenizer = PromptTokenizer(
+            AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
+        )
+        core = TorchCore(model, torch_graphs(model, levels), request.device, request.dtype)
+        return Sam3Pipeline(
+            core,
+            Preprocessing.load(path),
+            tokenizer,
+            levels=levels,
+            # float64 exists only as the export parity reference: one image per vision call
+            # there, since a 1008² image's global attention alone is ~3.4 GB in float64.
+            images_per_call=1 if request.dtype == "float64" else IMAGES_PER_CALL,
+            warmup_vision=not request.device.startswith("cpu"),
+            checkpoint_dir=path,
+        )
+
+    def load_onnx(self, request: LoadRequest, core: Core) -> Sam3Pipeline:
+        """The pipeline around exported graphs (or a hybrid core): same steps as on torch.
+
+        The image is encoded once by ``vision`` and its embedding is decoded against every
+        prompt by ``decoder``, exactly as :meth:`load_torch`'s pipeline does.
+        """
+        from transformers import AutoTokenizer
+
+        path = resolve_checkpoint(
+            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.txt"]
+        )
+        config = detector_config(path)
+        tokenizer = PromptTokenizer(
+            AutoTokenizer.from_pretrained(path), config.text_config.max_position_embeddings
+        )
+        on_cpu = request.device.startswith("cpu")
+        return Sam3Pipeline(
+            core,
+            Preprocessing.load(path),
+            tokenizer,
+            levels=len(config.vision_config.scale_factors) - 1,
+            # Exported without the fused attention (``--no-optimize``), ONNX Runtime's CPU
+            # provider materialises every global attention matrix (heads × 5184² floats,
+            # ~1.7 GB per 1008² image, and as much for its softmax) and its arena keeps the
+            # peak; with it, activations are still ~GBs per image. One image per vision call
+            # bounds that at no cost in throughput (the CPU is saturated by one image).
+            images_per_call=1 if on_cpu else IMAGES_PER_CALL,
+            warmup_vision=not on_cpu,
+            checkpoint_dir=path,
+        )

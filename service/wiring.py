@@ -1,0 +1,78 @@
+"""Settings → the objects that serve: the one place a model pool is built.
+
+The app (:func:`service.app.create_app`), the arq worker (``vision-api worker``) and the export
+CLI (``vision-api export``) all build their pool here, so the three read the settings the same
+way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engines.base import VariantSpec
+from engines.pool import ModelPool, PoolConfig
+from engines.registry import FamilyRegistry, VariantTable, default_registry
+from service.endpoints import discover_endpoints
+from service.images import ImageDecoder
+from service.inference import InferenceService
+from service.schemas.common import Endpoint
+from service.settings import Settings
+from service.urlfetch import UrlFetcher, UrlPolicy
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    """The pool's configuration from the ``runtime`` group and the configured variants."""
+    runtime = settings.runtime
+    tables = {
+        model_type: VariantTable(
+            config.default_variant or "",
+            {
+                name: VariantSpec(name, v.source, v.license or "see the checkpoint's model card")
+                for name, v in config.variants.items()
+            },
+        )
+        for model_type, config in settings.models.items()
+    }
+    return PoolConfig(
+        device=runtime.device,
+        dtype=runtime.dtype,
+        engine=runtime.engine,
+        torch_threads=runtime.torch_threads,
+        lazy_loading=runtime.lazy_loading,
+        max_batch_size=runtime.max_batch_size,
+        compute_workers=runtime.compute_workers,
+        hf_token=settings.hf_token,
+        artifacts_dir=Path(runtime.artifacts_dir),
+        onnx_precision=runtime.onnx_precision,
+        ort_providers=tuple(runtime.ort_providers),
+        ort_optimization=runtime.ort_optimization,
+        variants=tables,
+    )
+
+
+def build_pool(settings: Settings, registry: FamilyRegistry | None = None) -> ModelPool:
+    """The model pool described by ``settings`` (every built-in family unless ``registry``)."""
+    return ModelPool(registry or default_registry(), pool_config(settings))
+
+
+def build_inference(
+    settings: Settings, pool: ModelPool, endpoints: dict[str, Endpoint] | None = None
+) -> InferenceService:
+    """Image decoding under the URL policy, around the pool, for the families' endpoints.
+
+    Raises:
+        EndpointMismatchError: The HTTP schemas and the pool's families disagree.
+    """
+    urls = settings.urls
+    policy = UrlPolicy.build(
+        urls.url_timeout_s, urls.url_max_bytes, urls.url_max_redirects, urls.url_allowed_networks
+    )
+    decoder = ImageDecoder(UrlFetcher(policy), settings.limits.max_image_pixels)
+    if endpoints is None:
+        endpoints = discover_endpoints(pool.registry)
+    return InferenceService(pool, decoder, settings.limits.max_images_per_request, endpoints)
+
+
+def build_worker_inference(settings: Settings) -> InferenceService:
+    """What a standalone job worker runs jobs with: the same as the API's."""
+    return build_inference(settings, build_pool(settings))

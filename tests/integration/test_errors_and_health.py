@@ -1,0 +1,91 @@
+"""500s carry no internals but a request id; /health needs no torch; request ids round-trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import asset_b64, free_port, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK_TORCH = '''
+import sys
+
+
+class _NoTorch:
+    """This process behaves as if torch were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+@pytest.fixture(scope="module")
+def torchless_server(
+    tiny_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``vision-api serve`` on the tiny models in a process where ``import torch`` fails."""
+    site = tmp_path_factory.mktemp("no-torch")
+    (site / "sitecustomize.py").write_text(BLOCK_TORCH)
+    port = free_port()
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+        "VISION_API_REDIS_URL": "",
+    }
+    proc = start_server(["serve", "--config", str(tiny_config), "--port", str(port)], env, port)
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_health_answers_without_torch(
+    torchless_server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, _ = torchless_server
+    health = httpx.get(f"{url}/health", timeout=10)
+    assert health.status_code == 200, health.text
+    device = health.json()["device"]
+    assert device["cuda_available"] is None and device["gpus"] is None
+
+
+def test_a_500_names_the_model_and_the_request_id_not_the_exception_text(
+    torchless_server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, proc = torchless_server
+    response = httpx.post(
+        f"{url}/inference/dinov3",
+        json={"images": [asset_b64("chelsea.jpg")]},
+        headers={"X-Request-ID": "req-500-check"},
+        timeout=60,
+    )
+    assert response.status_code == 500, response.text
+    body = response.json()
+    assert body["request_id"] == "req-500-check"
+    assert response.headers["x-request-id"] == "req-500-check"
+    assert "dinov3/tiny" in body["detail"] and "ModuleNotFoundError" in body["detail"]
+    # The exception's own message and any path stay in the log.
+    assert "No module named" not in body["detail"] and "Traceback" not in response.text
+    proc.terminate()
+    log = proc.communicate(timeout=15)[0].decode()
+    assert "[req-500-check]" in log and "Traceback" in log and "No module named 'torch'" in log
+
+
+def test_request_ids_are_echoed_or_generated(live_server: str) -> None:
+    given = httpx.get(f"{live_server}/health", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    generated = httpx.get(f"{live_server}/health").headers["x-request-id"]
+    assert len(generated) == 32 and generated != "abc-123"
+    unsafe = httpx.get(f"{live_server}/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
