@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def released_preprocessing(
+    size: dict[str, int], mean: Sequence[float], std: Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    """A ``preprocessor_config.json`` dict: resize (bilinear) → rescale 1/255 → normalise.
+
+    The families keep their released checkpoints' recipe this way, to fill in keys a local
+    config file lacks (and to write tiny checkpoints in the same layout).
+    """
+    return {
+        "do_resize": True,
+        "size": dict(size),
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        **extra,
+    }
 
 
 def image_to_chw_float(image: Image.Image, rescale_factor: float | None = 1 / 255) -> np.ndarray:

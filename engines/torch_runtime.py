@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engines.base import to_host
+from engines.base import LoadRequest, to_host
+from engines.checkpoints import resolve_checkpoint
 
 DTYPES = {
     "float32": torch.float32,
@@ -88,3 +90,9 @@ def set_torch_threads(threads: int) -> None:
     """Set torch's intra-op threads once per process (inter-op can only be set before use)."""
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def torch_checkpoint(request: LoadRequest, patterns: Sequence[str]) -> Path:
+    """Set torch's threads for this load and find the checkpoint's files (``patterns``)."""
+    set_torch_threads(request.torch_threads)
+    return resolve_checkpoint(request.spec.source, request.hf_token, allow_patterns=patterns)

@@ -12,17 +12,7 @@ from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 
 class DepthAnythingRequest(DepthAnythingOptions, kw_only=True, forbid_unknown_fields=True):
-    """Estimate a depth map for each image.
-
-    Variants: Depth Anything 3 ``small`` (default), ``base``, ``large``, ``giant`` (any-view
-    models: relative depth, confidence, camera intrinsics), ``mono-large`` (relative depth),
-    ``metric-large`` (metres), and Depth Anything V2 ``v2-small``, ``v2-base``, ``v2-large``
-    (relative inverse depth). ``large``, ``giant``, ``v2-base`` and ``v2-large`` are
-    CC BY-NC 4.0 (non-commercial); the others Apache-2.0. ``GET /models/status`` lists them.
-
-    Example: ``{"images": ["<base64>"], "variant": "metric-large", "output_format": "png",
-    "focal_px": 1450.0}``
-    """
+    """A depth map per image (the options' description says which variant gives what)."""
 
     images: Images
     variant: Variant = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -128,20 +127,6 @@ def test_alias_status_and_openapi(http: httpx.Client) -> None:
     schema = http.get(http.get("/").json()["openapi"]).json()
     assert PATH in schema["paths"]
     assert "DepthAnythingResult" in str(schema["components"]["schemas"])
-
-
-def test_job_gives_the_synchronous_result(http: httpx.Client) -> None:
-    body = {"images": [asset_b64("chelsea.jpg")], "output_format": "png"}
-    submitted = http.post("/jobs/submit/depth_anything", json=body)
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["job_id"]
-    deadline = time.monotonic() + 60
-    while (job := http.get(f"/jobs/{job_id}").json())["status"] not in ("completed", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert job["status"] == "completed", job["error"]
-    (sync,) = depth(http, **body)["results"]
-    assert job["result"]["results"][0]["depth"] == sync["depth"]
 
 
 BAD_INPUTS = [

@@ -79,6 +79,7 @@ def test_verify_cli_rechecks_parity(tiny_config: Path, artifacts: Path) -> None:
         [
             sys.executable,
             "-m",
+            "service.cli",
             "export",
             "--verify",
             str(artifacts / "dinov3"),

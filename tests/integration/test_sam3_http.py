@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,21 +188,6 @@ BAD_INPUTS = [
 def test_bad_input_is_a_clear_4xx(http: httpx.Client, body: dict[str, Any], needle: str) -> None:
     response = http.post("/inference/sam3", json=body)
     assert_clear_error(response, 404 if "variant" in body else 400, needle)
-
-
-def test_async_job_gives_the_synchronous_result(http: httpx.Client) -> None:
-    body = {"images": [asset_b64("chelsea.jpg")], "prompts": PROMPTS, "output_format": "rle"}
-    submitted = http.post("/jobs/submit/sam3", json=body)
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["job_id"]
-    deadline = time.monotonic() + 60
-    while (job := http.get(f"/jobs/{job_id}").json())["status"] in ("pending", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
-    assert job["status"] == "completed", job
-    expected = segment(http, **body)["results"]
-    assert job["result"]["model_type"] == "sam3"
-    assert job["result"]["results"] == expected
 
 
 def test_bad_job_is_refused_before_queueing(http: httpx.Client) -> None:

@@ -340,20 +340,19 @@ async def test_prompt_bookkeeping_across_decoder_chunks(pool: ModelPool) -> None
     for instance in many["instances"]:
         assert instance["prompt"] == prompts[instance["prompt_index"]]
 
-    def of(result: dict[str, Any], index: int) -> list[tuple[float, tuple[float, ...], str]]:
-        return [
-            (round(i["score"], 5), tuple(round(b, 2) for b in i["box"]), i["mask"]["counts"])
-            for i in result["instances"]
-            if i["prompt_index"] == index
-        ]
+    def of(result: dict[str, Any], index: int) -> dict[str, Any]:
+        """The instances of prompt ``index``, relabelled as prompt 0."""
+        instances = [i for i in result["instances"] if i["prompt_index"] == index]
+        return {**result, "instances": [{**i, "prompt_index": 0} for i in instances]}
 
     # The same prompt at index 1 (first decoder chunk) and 9 (second) gives the same instances,
-    # and each equals what a request with that prompt alone gives.
-    assert of(many, 1) == of(many, 9)
+    # and each equals what a request with that prompt alone gives (up to float noise: a batched
+    # decoder may flip a pixel whose probability sits on the mask threshold).
+    assert_same_instances(of(many, 1), of(many, 9), "rle")
     for index in (0, 1, 9):
         alone = Options(prompts=[prompts[index]], threshold=0.0)
         (single,) = (await pool.infer("sam3", None, [image], alone)).results
-        assert of(single, 0) == of(many, index)
+        assert_same_instances(of(single, 0), of(many, index), "rle")
 
 
 async def test_images_of_different_sizes_keep_input_order(pool: ModelPool) -> None:

@@ -48,12 +48,9 @@ class DepthAnythingFamily(Family):
         Raises:
             ValueError: The checkpoint is neither kind.
         """
-        from engines.torch_runtime import set_torch_threads
+        from engines.torch_runtime import torch_checkpoint
 
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source, request.hf_token, allow_patterns=["*.json", "*.safetensors"]
-        )
+        path = torch_checkpoint(request, ["*.json", "*.safetensors"])
         network = read_network(path)
         if network.architecture == "v2":
             core = _v2_core(path, request)

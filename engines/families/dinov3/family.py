@@ -42,14 +42,9 @@ class Dinov3Family(Family):
         import torch
         from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
-        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+        from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source,
-            request.hf_token,
-            allow_patterns=["*.json", "*.safetensors"],
-        )
+        path = torch_checkpoint(request, ["*.json", "*.safetensors"])
         config = AutoConfig.from_pretrained(path)
         convnext = config.model_type == "dinov3_convnext"
         cls = DINOv3ConvNextModel if convnext else DINOv3ViTModel

@@ -20,19 +20,18 @@ from PIL import Image
 
 from engines.base import Pipeline, Prepared
 from engines.families.dinov3.options import Dinov3Options
-from engines.images import image_to_chw_float, resize_normalize
+from engines.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    image_to_chw_float,
+    released_preprocessing,
+    resize_normalize,
+)
 
 # What the released checkpoints' preprocessor_config.json says (used if a directory lacks one).
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "do_resize": True,
-    "size": {"height": 224, "width": 224},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
+DEFAULT_PREPROCESSING = released_preprocessing(
+    {"height": 224, "width": 224}, IMAGENET_MEAN, IMAGENET_STD
+)
 
 
 @dataclass(frozen=True)

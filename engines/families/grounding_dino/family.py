@@ -51,14 +51,9 @@ class GroundingDinoFamily(Family):
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
 
-        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+        from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source,
-            request.hf_token,
-            allow_patterns=["*.json", "*.safetensors", "*.txt"],
-        )
+        path = torch_checkpoint(request, ["*.json", "*.safetensors", "*.txt"])
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
             path, dtype=DTYPES[request.dtype]
         )

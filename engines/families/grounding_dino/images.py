@@ -19,18 +19,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engines.images import IMAGENET_MEAN, IMAGENET_STD, released_preprocessing
+
 # What the released checkpoints' preprocessor_config.json says (used where keys are missing).
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "do_resize": True,
-    "size": {"shortest_edge": 800, "longest_edge": 1333},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "do_pad": True,
-}
+DEFAULT_PREPROCESSING = released_preprocessing(
+    {"shortest_edge": 800, "longest_edge": 1333}, IMAGENET_MEAN, IMAGENET_STD, do_pad=True
+)
 
 
 @dataclass(frozen=True)

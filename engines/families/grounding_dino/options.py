@@ -7,17 +7,15 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from engines.options import PromptText, Score
+
 Prompt = Annotated[
-    str,
+    PromptText,
     Meta(
-        min_length=1,
-        max_length=1000,
-        pattern=r"\S",
         description="A label, e.g. 'a cat'. Labels are lowercased and joined as 'a cat. a dog.'; "
         "all of them together may take at most 256 tokens (one more per label for the '.').",
     ),
 ]
-Score = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
 class GroundingDinoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

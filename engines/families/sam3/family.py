@@ -44,14 +44,9 @@ class Sam3Family(Family):
         from transformers import AutoTokenizer, Sam3Model
 
         from engines.families.sam3.graphs import torch_graphs
-        from engines.torch_runtime import DTYPES, TorchCore, set_torch_threads
+        from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
-        set_torch_threads(request.torch_threads)
-        path = resolve_checkpoint(
-            request.spec.source,
-            request.hf_token,
-            allow_patterns=["*.json", "*.safetensors", "*.txt"],
-        )
+        path = torch_checkpoint(request, ["*.json", "*.safetensors", "*.txt"])
         model: Any = Sam3Model.from_pretrained(path, dtype=DTYPES[request.dtype])
         model = model.to(request.device).eval()
         config = model.config  # the detector's config, also when the file is a video config

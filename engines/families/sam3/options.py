@@ -8,17 +8,14 @@ import msgspec
 from msgspec import Meta
 
 from engines.masks import MaskFormat
+from engines.options import PromptText, Score
 
 Prompt = Annotated[
-    str,
+    PromptText,
     Meta(
-        min_length=1,
-        max_length=1000,
-        pattern=r"\S",
         description="A short noun phrase (at most 32 tokens, start and end tokens included).",
     ),
 ]
-Score = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
 class Sam3Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -30,20 +30,13 @@ from PIL import Image
 from engines.base import Arrays, Pipeline, Prepared, to_host
 from engines.errors import InvalidInputError
 from engines.families.sam3.options import Sam3Options
-from engines.images import image_to_chw_float, resize_normalize
+from engines.images import image_to_chw_float, released_preprocessing, resize_normalize
 from engines.masks import encode_mask
 
 # The released recipe (Sam3ImageProcessor's defaults), for keys a config file lacks.
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "do_resize": True,
-    "size": {"height": 1008, "width": 1008},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-}
+DEFAULT_PREPROCESSING = released_preprocessing(
+    {"height": 1008, "width": 1008}, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+)
 # Decoder rows per call: bounds memory (each row holds Q full-size mask logits and the pixel
 # decoder's activations) while still batching prompts.
 PROMPTS_PER_CALL = 8

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engines.images import released_preprocessing
+
 WORDS = (
     "a an the of and with on in red blue green white black small big cat cats dog person people "
     "man woman astronaut rocket flag coffee cup mug camera tripod face sky ground car tree "
@@ -116,15 +118,10 @@ def write_tiny_checkpoint(target: Path, seed: int = 0) -> None:
         "image_processor_type": "Sam3ImageProcessor",
         "processor_class": "Sam3Processor",
         "do_convert_rgb": True,
-        "do_resize": True,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        **released_preprocessing(
+            {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+        ),
         "mask_size": {"height": 32, "width": 32},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
     }
     (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
 
