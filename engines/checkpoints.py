@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from engines.errors import InferenceError, NotFoundError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(
@@ -41,7 +44,9 @@ def resolve_checkpoint(
     except RepositoryNotFoundError:
         raise NotFoundError(f"No checkpoint {source!r} on the Hugging Face Hub.") from None
     except Exception as exc:  # network down, offline mode without a cache...
+        log.warning("fetching checkpoint %s failed", source, exc_info=True)
         raise InferenceError(
-            f"Could not fetch checkpoint {source!r}: {type(exc).__name__}: {exc}. "
-            "Download it beforehand or point the variant's source at a local directory."
+            f"Could not fetch checkpoint {source!r} ({type(exc).__name__}; the server log has "
+            "why). Download it beforehand (HF_HOME, HF_TOKEN for gated repos) or point the "
+            "variant's source at a local directory."
         ) from exc
