@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from benchmarks.bench_onnx_vs_torch import dinov3_vits16
+    from benchmarks.checkpoints import dinov3_vits16
     from engines.base import VariantSpec
     from engines.pool import ModelPool, PoolConfig
     from engines.registry import VariantTable, default_registry

@@ -41,108 +41,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.checkpoints import (  # noqa: E402  (after the path is set)
+    depth_anything_da3_small,
+    dinov3_vits16,
+    grounding_dino_tiny,
+    sam3_full,
+)
+
 PHOTOS = [
     ROOT / "tests" / "assets" / n
     for n in ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
 ]
-
-
-def dinov3_vits16(directory: Path) -> str:
-    """DINOv3 ViT-S/16 (21.6 M params) with the released preprocessor config."""
-    import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    from engines.families.dinov3.pipeline import DEFAULT_PREPROCESSING
-
-    torch.manual_seed(0)
-    config = DINOv3ViTConfig(
-        hidden_size=384,
-        intermediate_size=1536,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        patch_size=16,
-        num_register_tokens=4,
-        use_gated_mlp=False,
-    )
-    model = DINOv3ViTModel(config)
-    # Random init leaves the CLS/register tokens near zero, so the final LayerNorm of a
-    # near-constant vector amplifies float32 rounding (torch then drifts 1e-3 from float64).
-    # Unit-variance tokens keep the comparison meaningful; the compute is unchanged.
-    with torch.no_grad():
-        for name, param in model.embeddings.named_parameters():
-            if "token" in name:
-                param.normal_()
-    model.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
-    return "dinov3"
-
-
-def sam3_full(directory: Path) -> str:
-    """SAM3 at ``Sam3Config()`` defaults (~0.84 B params, 1008² input, 200 queries).
-
-    The tokenizer is the tiny checkpoint's (a CLIP BPE over a few words: its ids fit the
-    49408-token vocabulary), and the text config's special ids are set to its own.
-    """
-    import torch
-    from transformers import Sam3Config, Sam3Model
-
-    from engines.families.sam3.pipeline import DEFAULT_PREPROCESSING
-    from engines.families.sam3.tiny import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    config = Sam3Config()
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config.text_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|startoftext|>")
-    config.text_config.eos_token_id = eos
-    config.text_config.pad_token_id = eos
-    torch.manual_seed(0)
-    Sam3Model(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
-    return "sam3"
-
-
-def grounding_dino_tiny(directory: Path) -> str:
-    """GroundingDINO at ``GroundingDinoConfig()`` defaults: Swin-T + BERT-base (as
-    ``IDEA-Research/grounding-dino-tiny``, 172 M params), 900 queries, 800-1333 input.
-
-    The tokenizer is the tiny checkpoint's BERT vocabulary (its ids, 101/102/1012/1029 for the
-    special tokens included, fit BERT-base's 30522).
-    """
-    import torch
-    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
-
-    from engines.families.grounding_dino.images import DEFAULT_PREPROCESSING
-    from engines.families.grounding_dino.tiny import tiny_vocab
-
-    torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig())
-    # Random init gives text logits of ±50 whose sigmoids are all 0 or 1 (every query a
-    # detection); as in the tiny checkpoint, a smaller final decoder norm spreads them over
-    # (0, 1) so thresholds and scores mean something. The compute is unchanged.
-    with torch.no_grad():
-        model.model.decoder.layer_norm.weight.mul_(0.1)
-        model.model.decoder.layer_norm.bias.mul_(0.1)
-    model.save_pretrained(directory)
-    BertTokenizer(vocab=tiny_vocab()).save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
-    return "grounding-dino"
-
-
-def depth_anything_da3_small(directory: Path) -> str:
-    """Depth Anything 3 at the ``da3-small`` preset, as ``depth-anything/DA3-SMALL``.
-
-    DINOv2 ViT-S with the camera token, DualDPT head and camera decoder, in the official
-    layout (``{"model_name": "da3-small"}``), with the tiny checkpoints' well-scaled random
-    weights (34 M parameters).
-    """
-    from engines.families.depth_anything.da3 import PRESETS, Da3Network, save_da3
-    from engines.families.depth_anything.da3.tiny import randomize
-
-    network = Da3Network(PRESETS["da3-small"])
-    randomize(network, 0)
-    save_da3(network, directory, preset_only=True)
-    return "depth-anything"
 
 
 # family → builder of a full-size checkpoint

@@ -98,7 +98,7 @@ def bench_family(
 
 
 def dinov3_case(tmp: Path) -> tuple[Path, Any, Callable]:
-    from benchmarks.bench_onnx_vs_torch import dinov3_vits16
+    from benchmarks.checkpoints import dinov3_vits16
     from engines.families.dinov3.options import Dinov3Options
 
     ckpt = tmp / "dinov3"

@@ -57,6 +57,41 @@ class LoadRequest:
     hf_token: str | None = None
 
 
+@dataclass(frozen=True)
+class CacheStats:
+    """What a pipeline's cache holds and how it has served.
+
+    Attributes:
+        entries: Items held now.
+        bytes: Bytes they take (on the device they live on).
+        budget_bytes: The most bytes the cache may hold.
+        hits: Lookups answered from the cache.
+        misses: Lookups that had to compute.
+        evictions: Items dropped for room or age.
+    """
+
+    entries: int
+    bytes: int
+    budget_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+
+
+@dataclass(frozen=True)
+class ImageHandle:
+    """An image a family already holds (its cache), given in place of pixels.
+
+    Families that accept handles (``Family.accepts_image_ids``) read it in ``prepare``; the
+    pool passes it through like any image.
+
+    Attributes:
+        image_id: The id the family returned when it took the image.
+    """
+
+    image_id: str
+
+
 class Core(Protocol):
     """The runtime-specific step: named graphs from numpy arrays to numpy arrays."""
 
@@ -171,6 +206,10 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once after loading so the first request does not pay for lazy set-up."""
 
+    def cache_stats(self) -> CacheStats | None:
+        """The family's cache counters (``/models/status``), or None where it keeps none."""
+        return None
+
 
 @dataclass
 class OnnxGraph:
@@ -214,6 +253,7 @@ class Family(abc.ABC):
     variants: Mapping[str, VariantSpec]
     graphs: tuple[str, ...] = ("model",)
     options_type: type[Any]
+    accepts_image_ids: bool = False
 
     def load_onnx(self, request: LoadRequest, core: Core) -> Pipeline[Any]:
         """Build the family's pipeline around an ONNX (or hybrid) core."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from PIL import Image
 
-from engines.base import Pipeline, VariantSpec, batches
+from engines.base import CacheStats, Pipeline, VariantSpec, batches
 from engines.devices import resolve_device
 from engines.errors import (
     InferenceError,
@@ -389,6 +390,7 @@ def _status_entry(
         "requests": 0,
         "fallback_reason": None,
         "placement": None,
+        "cache": None,
     }
     if model is not None:
         entry.update(
@@ -401,5 +403,10 @@ def _status_entry(
             requests=model.requests,
             fallback_reason=model.fallback_reason,
             placement=model.placement,
+            cache=_as_dict(model.pipeline.cache_stats()),
         )
     return entry
+
+
+def _as_dict(stats: CacheStats | None) -> dict[str, int] | None:
+    return None if stats is None else dataclasses.asdict(stats)

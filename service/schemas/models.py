@@ -42,6 +42,18 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     requests: int
     fallback_reason: str | None
     placement: dict[str, str] | None = None
+    cache: CacheStats | None = None
+
+
+class CacheStats(msgspec.Struct, kw_only=True):
+    """A loaded model's cache (SAM3: image embeddings): size, budget and how it served."""
+
+    entries: int
+    bytes: int
+    budget_bytes: int
+    hits: int
+    misses: int
+    evictions: int
 
 
 class ModelStatusList(msgspec.Struct, kw_only=True):
