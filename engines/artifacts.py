@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -131,3 +132,37 @@ def find_artifact(
     if missing:
         return None, directory, f"artifact in {directory} lacks {', '.join(missing)}"
     return manifest, directory, None
+
+
+def failed_gates(gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]) -> list[str]:
+    """The gates (metric → (">=" or "<=", limit)) that ``figures`` fail, described."""
+    return [
+        f"{metric} = {figures[metric]:.6g} (gate {op} {limit})"
+        for metric, (op, limit) in gates.items()
+        if metric in figures
+        and not (figures[metric] >= limit if op == ">=" else figures[metric] <= limit)
+    ]
+
+
+def manifest_gates_failed(manifest: Manifest) -> list[str]:
+    """The recorded parity figures of ``manifest`` that fail its own recorded gates.
+
+    fp32 artifacts are only written when they pass; derived precisions (int8, fp16) record
+    their drift whatever it is, so this tells whether one may stand in for fp32.
+    """
+    gates = {}
+    for metric, gate in manifest.gates.items():
+        op, _, limit = gate.partition(" ")
+        gates[metric] = (op, float(limit))
+    return failed_gates(gates, manifest.parity)
+
+
+def precision_order(precision: str, device: str) -> tuple[str, ...]:
+    """The artifact precisions to try, in order, for a configured ``precision``.
+
+    ``auto`` prefers the faster artifact where its parity held: int8 on CPU (ONNX Runtime's
+    integer matrix products), fp16 on CUDA; fp32 otherwise.
+    """
+    if precision != "auto":
+        return (precision,)
+    return ("fp16", "fp32") if device.startswith("cuda") else ("int8", "fp32")

@@ -48,6 +48,10 @@ class LoadRequest:
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         torch_threads: Intra-op threads for torch on CPU.
         hf_token: Token for gated repos, or None.
+        image_cache_mb: Budget of the family's per-image cache, for families that keep one
+            (SAM3: image embeddings); 0 keeps none, None takes the family's default for the
+            device.
+        image_cache_ttl_s: Seconds an unused entry of that cache is kept.
     """
 
     spec: VariantSpec
@@ -55,6 +59,8 @@ class LoadRequest:
     dtype: str
     torch_threads: int
     hf_token: str | None = None
+    image_cache_mb: float | None = 0.0
+    image_cache_ttl_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,10 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
         """The family's cache counters (``/models/status``), or None where it keeps none."""
         return None
 
+    def close(self) -> None:
+        """Release what the pipeline holds (its caches, then the core's weights): on unload."""
+        self.core.close()
+
 
 @dataclass
 class OnnxGraph:
@@ -243,8 +253,11 @@ class Family(abc.ABC):
         default_variant: The variant used when a request names none.
         variants: The built-in variants by name.
         graphs: The core's graph names.
-        options_type: The family's options (a msgspec Struct with a default for every field);
-            the HTTP request of its endpoint extends it with ``images`` and ``variant``.
+        options_type: The family's options (a msgspec Struct); the HTTP request of its
+            endpoint extends it with ``images`` and ``variant``.
+        accepts_image_ids: Whether ``prepare`` takes an :class:`ImageHandle` in place of pixels.
+        max_batch_size: The default most images in one forward, by device kind (``cpu``,
+            ``cuda``); settings override it.
     """
 
     name: str
@@ -254,10 +267,31 @@ class Family(abc.ABC):
     graphs: tuple[str, ...] = ("model",)
     options_type: type[Any]
     accepts_image_ids: bool = False
+    # Most images in one forward by device kind, unless the settings say otherwise.
+    max_batch_size: Mapping[str, int] = {"cpu": 8, "cuda": 32}
+    # The bf16 check on CPU: metric → (">=" or "<=", limit) against the float32 run; a family
+    # without gates always runs float32 on CPU.
+    precision_gates: Mapping[str, tuple[str, float]] = {}
+
+    def precision_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Compare a bf16 run's results with float32's (keys as in ``precision_gates``)."""
+        raise NotImplementedError(f"{self.name} has no precision check")
 
     def load_onnx(self, request: LoadRequest, core: Core) -> Pipeline[Any]:
         """Build the family's pipeline around an ONNX (or hybrid) core."""
         raise NotImplementedError(f"{self.name} cannot be served from ONNX yet")
+
+    def check_options(self, spec: VariantSpec, hf_token: str | None, options: Any) -> None:  # noqa: B027
+        """Check what only the checkpoint can tell (a prompt's token count), without the model.
+
+        Run when a job is submitted, so that such a request fails at once with a 400 instead of
+        as a job later. The default checks nothing.
+
+        Raises:
+            InvalidInputError: The options do not fit this checkpoint.
+        """
 
     @property
     def serves_onnx(self) -> bool:

@@ -50,3 +50,14 @@ def resolve_checkpoint(
             "why). Download it beforehand (HF_HOME, HF_TOKEN for gated repos) or point the "
             "variant's source at a local directory."
         ) from exc
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def weights_mb(path: Path) -> float:
+    """Megabytes of weight files under a checkpoint directory (an estimate of its footprint)."""
+    total = sum(
+        f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES
+    )
+    return total / 2**20

@@ -104,3 +104,16 @@ def resolve_dtype(requested: str, device: str) -> str:
             f"Unknown dtype {requested!r}: use auto, float32, float16 or bfloat16."
         )
     return requested
+
+
+def cpu_bf16_units() -> bool:
+    """Whether this CPU has native bf16 matrix units (AVX-512 BF16 or AMX), from /proc/cpuinfo.
+
+    Without them torch emulates bf16 matrix products and runs them slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -7,14 +7,18 @@ lacks run on torch), torch otherwise, and the reason for any fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.base import Core, Family, LoadRequest, Pipeline, VariantSpec
-from engines.devices import resolve_dtype
+from engines.artifacts import Manifest
+from engines.base import Core, Family, LoadRequest, Pipeline, VariantSpec, run_pipeline
+from engines.devices import cpu_bf16_units, resolve_dtype
 from engines.errors import InferenceError, NotFoundError, UnavailableError, VisionError
 
 log = logging.getLogger(__name__)
@@ -30,18 +34,26 @@ class LoaderConfig:
         threads: Intra-op threads for torch and ONNX Runtime on CPU.
         hf_token: Token for gated Hugging Face repos.
         artifacts_dir: Where exported ONNX artifacts live.
-        onnx_precision: The artifact precision to serve (``fp32``, ``fp16``, ``int8``).
+        onnx_precision: The artifact precision to serve (``auto``, ``fp32``, ``fp16``,
+            ``int8``; see :func:`~engines.artifacts.precision_order`).
         ort_providers: ONNX Runtime providers in order of preference.
         ort_optimization: ONNX Runtime's graph optimisation level.
+        cpu_bf16: With ``dtype`` auto on CPU, whether to try bf16 weights: ``auto`` where the
+            CPU has bf16 matrix units, ``check`` always (the check still decides), ``off``.
+        image_cache_mb: Per-image cache budget of families that keep one (see ``LoadRequest``).
+        image_cache_ttl_s: Seconds an unused entry of that cache is kept.
     """
 
     dtype: str = "auto"
     threads: int = 1
     hf_token: str | None = None
     artifacts_dir: Path | None = None
-    onnx_precision: str = "fp32"
+    onnx_precision: str = "auto"
     ort_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
     ort_optimization: str = "all"
+    cpu_bf16: str = "auto"
+    image_cache_mb: float | None = 0.0
+    image_cache_ttl_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,11 @@ class Loaded:
     engine: str
     dtype: str
     memory_mb: float
+    dtype_reason: str | None = None
     fallback_reason: str | None = None
     placement: dict[str, str] = field(default_factory=dict)
+    check_bf16: bool = False
+    request: LoadRequest | None = None
 
 
 class ModelLoader:
@@ -66,8 +81,13 @@ class ModelLoader:
     def __init__(self, config: LoaderConfig) -> None:
         self.config = config
 
-    def load(self, family: Family, spec: VariantSpec, device: str, engine: str) -> Loaded:
-        """Load ``spec`` of ``family`` on ``device`` with ``engine`` and warm it up.
+    def load(
+        self, family: Family, spec: VariantSpec, device: str, engine: str, *, warm: bool = True
+    ) -> Loaded:
+        """Load ``spec`` of ``family`` on ``device`` with ``engine``; warm it up if ``warm``.
+
+        The pool loads with ``warm=False`` on a helper thread and calls :meth:`warm_up` on the
+        compute thread, whose thread set-up the forwards will use.
 
         Raises:
             NotFoundError: Unknown engine, or ``onnx`` asked for without a usable artifact.
@@ -79,37 +99,29 @@ class ModelLoader:
             raise NotFoundError(f"Unknown engine {engine!r}: use auto, onnx or torch.")
         label = f"{family.name}/{spec.name}"
         dtype = resolve_dtype(self.config.dtype, device)
-        request = LoadRequest(spec, device, dtype, self.config.threads, self.config.hf_token)
+        request = LoadRequest(
+            spec,
+            device,
+            dtype,
+            self.config.threads,
+            self.config.hf_token,
+            image_cache_mb=self.config.image_cache_mb,
+            image_cache_ttl_s=self.config.image_cache_ttl_s,
+        )
         started = time.perf_counter()
-        try:
-            pipeline, fallback_reason = None, None
+        with load_errors(label, spec.source):
+            pipeline, fallback_reason, dtype_reason = None, None, None
             if engine in ("auto", "onnx"):
-                pipeline, fallback_reason = self._load_onnx(family, request, engine == "onnx")
+                pipeline, fallback_reason, dtype_reason = self._load_onnx(
+                    family, request, engine == "onnx"
+                )
             if pipeline is None:
                 pipeline = family.load_torch(request)
-            # ONNX Runtime reaches its steady speed only after a couple of runs.
-            for _ in range(1 if pipeline.core.engine == "torch" else 2):
-                pipeline.warmup()
-        except VisionError:
-            raise
-        except MemoryError:
-            raise UnavailableError(
-                f"Not enough memory to load {label}; unload other models first.",
-                retry_after_s=30,
-            ) from None
-        except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":
-                raise UnavailableError(
-                    f"Not enough GPU memory to load {label}; unload other models or use a "
-                    "smaller variant.",
-                    retry_after_s=30,
-                ) from None
-            log.exception("loading %s from %s failed", label, spec.source)
-            raise InferenceError(
-                f"Could not load {label} from {spec.source} ({type(exc).__name__}); the server "
-                "log has the details."
-            ) from exc
+                dtype_reason = torch_dtype_reason(self.config.dtype, dtype, device)
         engine_used = pipeline.core.engine
+        check_bf16 = False
+        if engine_used == "torch" and self.config.dtype == "auto" and device == "cpu":
+            check_bf16, dtype_reason = self._bf16_candidate(family)
         log.info(
             "loaded %s on %s (%s, %s) in %.1f s",
             label,
@@ -118,43 +130,66 @@ class ModelLoader:
             dtype,
             time.perf_counter() - started,
         )
-        return Loaded(
+        precision = getattr(pipeline.core, "precision", self.config.onnx_precision)
+        loaded = Loaded(
             pipeline=pipeline,
             engine=engine_used,
-            dtype=dtype if engine_used == "torch" else self.config.onnx_precision,
+            dtype=dtype if engine_used == "torch" else precision,
+            dtype_reason=dtype_reason,
             memory_mb=round(pipeline.core.memory_bytes() / 2**20, 1),
             fallback_reason=fallback_reason,
             placement=placement(family, pipeline.core),
+            check_bf16=check_bf16,
+            request=request,
         )
+        return self.warm_up(family, request, loaded) if warm else loaded
+
+    def warm_up(self, family: Family, request: LoadRequest | None, loaded: Loaded) -> Loaded:
+        """Warm the pipeline up, then run the bf16 check where :meth:`load` asked for it.
+
+        ONNX Runtime warms up twice (it needs a couple of runs). Returns the model to serve.
+
+        Raises:
+            UnavailableError: Not enough (GPU) memory.
+            InferenceError: The warm-up failed (detail without internals).
+        """
+        request = request or loaded.request
+        assert request is not None
+        spec = request.spec
+        with load_errors(f"{family.name}/{spec.name}", spec.source):
+            for _ in range(1 if loaded.engine == "torch" else 2):
+                loaded.pipeline.warmup()
+            if loaded.check_bf16:
+                return choose_cpu_precision(family, request, loaded)
+        return loaded
+
+    def _bf16_candidate(self, family: Family) -> tuple[bool, str]:
+        """Whether to check bf16 weights for ``family`` on this CPU, and the reason if not."""
+        if not family.precision_gates:
+            return False, "float32: auto on CPU (this family has no bf16 check)"
+        if self.config.cpu_bf16 == "off":
+            return False, "float32: auto on CPU (bf16 check off)"
+        if self.config.cpu_bf16 == "auto" and not cpu_bf16_units():
+            return False, "float32: auto on CPU; no bf16 matrix units here (AVX-512 BF16, AMX)"
+        return True, "float32: bf16 check pending"
 
     def _load_onnx(
         self, family: Family, request: LoadRequest, explicit: bool
-    ) -> tuple[Pipeline[Any] | None, str | None]:
-        """The pipeline on ONNX Runtime, or ``(None, reason)`` to fall back to torch.
+    ) -> tuple[Pipeline[Any] | None, str | None, str | None]:
+        """The pipeline on ONNX Runtime, why anything fell back, and why this precision.
+
+        ``(None, reason, None)`` means: fall back to torch.
 
         A graph the artifact lacks runs on torch (a hybrid core); a session that fails to build
         falls back to torch entirely, with the reason logged and reported in the status.
         """
-        from engines.artifacts import find_artifact, weights_sha256
-        from engines.checkpoints import resolve_checkpoint
-
         spec = request.spec
         if not family.serves_onnx:
             unsupported = f"{family.name} has no ONNX Runtime support yet"
             if explicit:
                 raise NotFoundError(f"{unsupported}; load it with engine 'torch'.")
-            return None, unsupported
-        manifest, directory, reason = find_artifact(
-            self.config.artifacts_dir, family.name, spec.name, None, self.config.onnx_precision
-        )
-        if manifest is not None:
-            weights = weights_sha256(resolve_checkpoint(spec.source, request.hf_token))
-            if manifest.weights_sha256 != weights:
-                reason = (
-                    f"the artifact in {directory} was exported from other weights "
-                    f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
-                )
-                manifest = None
+            return None, unsupported, None
+        manifest, directory, reason = self._artifact(family, request)
         if manifest is None:
             if explicit:
                 raise NotFoundError(
@@ -162,10 +197,13 @@ class ModelLoader:
                     f"with `vision-api export {family.name} --variant {spec.name}`, or load with "
                     "engine 'torch'."
                 )
-            return None, reason
+            return None, reason, None
+        precision_note = f"ONNX {manifest.precision} artifact" + (
+            f" (passed over: {reason})" if reason else ""
+        )
         try:
             core, hybrid_reason = self._ort_core(family, request, directory, manifest)
-            return family.load_onnx(request, core), hybrid_reason
+            return family.load_onnx(request, core), hybrid_reason, precision_note
         except VisionError:
             raise
         except Exception as exc:
@@ -175,7 +213,57 @@ class ModelLoader:
                 spec.name,
                 exc_info=True,
             )
-            return None, f"ONNX Runtime failed ({type(exc).__name__}); the server log has why"
+            failed = f"ONNX Runtime failed ({type(exc).__name__}); the server log has why"
+            return None, failed, None
+
+    def _artifact(
+        self, family: Family, request: LoadRequest
+    ) -> tuple[Manifest | None, Path, str | None]:
+        """The artifact to serve, of the configured precision or the best that passed.
+
+        With ``auto``, the first of :func:`~engines.artifacts.precision_order` whose recorded
+        parity passed its gates.
+
+        Returns:
+            ``(manifest, directory, why others were passed over or None)``, or
+            ``(None, directory, why there is none)``.
+        """
+        from engines.artifacts import (
+            find_artifact,
+            manifest_gates_failed,
+            precision_order,
+            weights_sha256,
+        )
+        from engines.checkpoints import resolve_checkpoint
+
+        spec = request.spec
+        order = precision_order(self.config.onnx_precision, request.device)
+        weights: str | None = None
+        passed_over: list[str] = []
+        directory = Path()
+        for precision in order:
+            manifest, directory, reason = find_artifact(
+                self.config.artifacts_dir, family.name, spec.name, None, precision
+            )
+            if manifest is not None:
+                weights = weights or weights_sha256(
+                    resolve_checkpoint(spec.source, request.hf_token)
+                )
+                if manifest.weights_sha256 != weights:
+                    reason = (
+                        f"the artifact in {directory} was exported from other weights "
+                        f"({manifest.weights_sha256[:12]} != {weights[:12]}); export it again"
+                    )
+                    manifest = None
+            if manifest is not None and len(order) > 1 and precision != order[-1]:
+                failed = manifest_gates_failed(manifest)
+                if failed:
+                    manifest, reason = None, f"its parity fails the gates ({'; '.join(failed)})"
+            if manifest is not None:
+                note = "; ".join(passed_over) if passed_over else None
+                return manifest, directory, note
+            passed_over.append(f"{precision}: {reason}")
+        return None, directory, "; ".join(passed_over) if len(order) > 1 else reason
 
     def _ort_core(
         self, family: Family, request: LoadRequest, directory: Path, manifest: Any
@@ -205,3 +293,95 @@ def placement(family: Family, core: Any) -> dict[str, str]:
     """Which engine runs each of the family's graphs."""
     where = getattr(core, "where", None)
     return where() if callable(where) else {graph: core.engine for graph in family.graphs}
+
+
+@contextmanager
+def load_errors(label: str, source: str) -> Iterator[None]:
+    """Map what loading raises to domain errors: 503 for memory, else a 500 without internals."""
+    try:
+        yield
+    except VisionError:
+        raise
+    except MemoryError:
+        raise UnavailableError(
+            f"Not enough memory to load {label}; unload other models first.", retry_after_s=30
+        ) from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise UnavailableError(
+                f"Not enough GPU memory to load {label}; unload other models or use a smaller "
+                "variant.",
+                retry_after_s=30,
+            ) from None
+        log.exception("loading %s from %s failed", label, source)
+        raise InferenceError(
+            f"Could not load {label} from {source} ({type(exc).__name__}); the server log has "
+            "the details."
+        ) from exc
+
+
+def torch_dtype_reason(configured: str, dtype: str, device: str) -> str:
+    """Why a torch model runs in ``dtype`` (shown in ``/models/status``)."""
+    if configured != "auto":
+        return f"{dtype}: configured"
+    if device.startswith("cuda"):
+        return f"{dtype}: auto on CUDA (half precision: same speed as bf16, less drift)"
+    return f"{dtype}: auto on CPU"
+
+
+ASSETS = Path(__file__).parent / "assets"
+CHECK_PHOTOS = ("chelsea.jpg", "astronaut.jpg")
+
+
+def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -> Loaded:
+    """Keep bf16 weights instead of float32 if they pass the family's gate and run faster.
+
+    Both are measured here on the shipped photos; the copy not kept is released.
+    The two are timed alternately (the second of two runs each), on the calling thread: the
+    pool calls this on its compute thread, whose thread set-up the forwards use.
+    """
+    from PIL import Image
+
+    from engines.artifacts import failed_gates
+
+    images = [Image.open(ASSETS / name).convert("RGB") for name in CHECK_PHOTOS]
+    options = family.options_type()
+    candidate = family.load_torch(dataclasses.replace(request, dtype="bfloat16"))
+    try:
+        candidate.warmup()
+        reference = run_pipeline(loaded.pipeline, images, options)
+        results = run_pipeline(candidate, images, options)
+        fp32_ms, bf16_ms = [], []
+        for _ in range(2):
+            fp32_ms.append(_timed_ms(loaded.pipeline, images, options))
+            bf16_ms.append(_timed_ms(candidate, images, options))
+        metrics = family.precision_metrics(reference, results)
+    except BaseException:
+        candidate.close()
+        raise
+    figures = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
+    timing = f"{min(bf16_ms):.0f} vs {min(fp32_ms):.0f} ms on {len(images)} photos"
+    failed = failed_gates(family.precision_gates, metrics)
+    if failed or min(bf16_ms) >= min(fp32_ms):
+        candidate.close()
+        why = f"failed its gate ({'; '.join(failed)})" if failed else f"was not faster ({timing})"
+        reason = f"float32: bf16 {why}"
+        log.info("%s/%s: %s", family.name, request.spec.name, reason)
+        return dataclasses.replace(loaded, dtype_reason=reason, check_bf16=False)
+    loaded.pipeline.close()
+    reason = f"bfloat16: passed ({figures}) and faster ({timing})"
+    log.info("%s/%s: %s", family.name, request.spec.name, reason)
+    return dataclasses.replace(
+        loaded,
+        pipeline=candidate,
+        dtype="bfloat16",
+        dtype_reason=reason,
+        memory_mb=round(candidate.core.memory_bytes() / 2**20, 1),
+        check_bf16=False,
+    )
+
+
+def _timed_ms(pipeline: Pipeline[Any], images: list[Any], options: Any) -> float:
+    started = time.perf_counter()
+    run_pipeline(pipeline, images, options)
+    return (time.perf_counter() - started) * 1e3

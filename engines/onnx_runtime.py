@@ -150,6 +150,7 @@ class OrtCore:
         import onnxruntime as ort
 
         self.options = options
+        self.precision = manifest.precision
         self.providers = select_providers(options)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = _level(options.optimization)
@@ -226,6 +227,9 @@ class HybridCore:
         self.cores = dict(cores)
         engines = sorted({c.engine for c in self.cores.values()})
         self.engine = "+".join(engines)
+        self.precision = next(
+            (c.precision for c in self.cores.values() if hasattr(c, "precision")), None
+        )
 
     def run(self, graph: str, inputs: Mapping[str, Any], *, host: bool = True) -> dict[str, Any]:
         """Dispatch ``graph`` to its core."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -24,10 +25,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from PIL import Image
 
-from engines.base import CacheStats, Pipeline, VariantSpec, batches
+from engines.base import CacheStats, Family, ImageHandle, Pipeline, Prepared, VariantSpec
+from engines.batching import Batcher, BatchLimits, Forward
+from engines.budget import Resident, plan_room
+from engines.checkpoints import weights_mb
 from engines.devices import resolve_device
 from engines.errors import (
     InferenceError,
+    InvalidInputError,
     ModelNotLoadedError,
     NotFoundError,
     UnavailableError,
@@ -35,6 +40,7 @@ from engines.errors import (
 )
 from engines.loading import LoaderConfig, ModelLoader
 from engines.registry import FamilyRegistry, VariantTable
+from engines.threads import init_compute_thread, init_helper_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,11 +56,22 @@ class PoolConfig:
         engine: Default engine (``auto``, ``torch``, ``onnx``).
         torch_threads: Intra-op threads for torch; 0 means the machine's cores.
         lazy_loading: Load on first use; when off, inference on an unloaded model is a 409.
-        max_batch_size: Most images in one core forward.
+        max_batch_size: Most images in one core forward; None picks the family's default for
+            the device (``Family.max_batch_size``).
+        max_batch_delay_ms: How long the oldest queued image may wait for its batch to fill;
+            None: 0 on CPU (batches form while the previous forward runs), 2 ms on CUDA.
+        batch_limits: Per model type, ``(max_batch_size, max_batch_delay_ms)`` overriding the
+            two above (None in either place: not overridden).
         compute_workers: Forwards that may run at once in this process.
+        memory_budget_mb: Most megabytes of weights resident per device (None: no limit).
+        min_residency_s: A model loaded more recently than this is not unloaded to make room.
         hf_token: Token for gated Hugging Face repos.
         artifacts_dir: Where exported ONNX artifacts live.
         variants: Per model type, the variants and the default one.
+        image_cache_mb: Per-image cache budget of families that keep one (SAM3's image
+            embeddings): 0 (the default here) keeps none, None the family's default for the
+            device. The server's settings turn it on.
+        image_cache_ttl_s: Seconds an unused entry of that cache is kept.
     """
 
     device: str = "auto"
@@ -62,14 +79,21 @@ class PoolConfig:
     engine: str = "auto"
     torch_threads: int = 0
     lazy_loading: bool = True
-    max_batch_size: int = 8
+    max_batch_size: int | None = None
+    max_batch_delay_ms: float | None = None
+    batch_limits: dict[str, tuple[int | None, float | None]] = field(default_factory=dict)
     compute_workers: int = 1
+    memory_budget_mb: float | None = None
+    min_residency_s: float = 30.0
     hf_token: str | None = None
     artifacts_dir: Path | None = None
-    onnx_precision: str = "fp32"
+    onnx_precision: str = "auto"
     ort_providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
     ort_optimization: str = "all"
+    cpu_bf16: str = "auto"
     variants: dict[str, VariantTable] = field(default_factory=dict)
+    image_cache_mb: float | None = 0.0
+    image_cache_ttl_s: float = 600.0
 
 
 @dataclass
@@ -85,10 +109,15 @@ class LoadedModel:
     dtype: str
     memory_mb: float
     loaded_at: datetime
+    dtype_reason: str | None = None
     last_used_at: datetime | None = None
     requests: int = 0
     fallback_reason: str | None = None
     placement: dict[str, str] = field(default_factory=dict)
+    batcher: Batcher | None = None
+    pinned: bool = False
+    loaded_mono: float = field(default_factory=time.monotonic)
+    last_used_mono: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -144,13 +173,22 @@ class ModelPool:
                 onnx_precision=config.onnx_precision,
                 ort_providers=config.ort_providers,
                 ort_optimization=config.ort_optimization,
+                cpu_bf16=config.cpu_bf16,
+                image_cache_mb=config.image_cache_mb,
+                image_cache_ttl_s=config.image_cache_ttl_s,
             )
         )
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._cpu = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="cpu")
+        self._budget_lock = asyncio.Lock()
+        self._cpu = ThreadPoolExecutor(
+            max_workers=self._threads, thread_name_prefix="cpu", initializer=init_helper_thread
+        )
         self._compute = ThreadPoolExecutor(
-            max_workers=config.compute_workers, thread_name_prefix="compute"
+            max_workers=config.compute_workers,
+            thread_name_prefix="compute",
+            initializer=init_compute_thread,
+            initargs=(self._threads,),
         )
 
     # -- naming ---------------------------------------------------------------------------
@@ -178,18 +216,35 @@ class ModelPool:
         *,
         device: str | None = None,
         engine: str | None = None,
+        pinned: bool = False,
     ) -> LoadedModel:
         """Load a variant, or return it if it is already loaded the same way.
 
         Concurrent calls for the same variant load it once. A variant loaded on another device
-        or engine is unloaded (after its in-flight requests) and loaded again.
+        or engine is unloaded (after its in-flight requests) and loaded again. With a memory
+        budget, least recently used models are unloaded first to make room.
+
+        Args:
+            model_type: A model type or alias.
+            variant: A variant; the default when None.
+            device: Overrides the configured device.
+            engine: Overrides the configured engine.
+            pinned: Never unload this model to make room (preloaded models).
+
+        Raises:
+            UnavailableError: The memory budget has no room for it now (503, Retry-After).
         """
         return await self.load_resolved(
-            self.resolve(model_type, variant), device=device, engine=engine
+            self.resolve(model_type, variant), device=device, engine=engine, pinned=pinned
         )
 
     async def load_resolved(
-        self, model: ResolvedModel, *, device: str | None = None, engine: str | None = None
+        self,
+        model: ResolvedModel,
+        *,
+        device: str | None = None,
+        engine: str | None = None,
+        pinned: bool = False,
     ) -> LoadedModel:
         """:meth:`load` for an already resolved model."""
         target_device = resolve_device(device or self.config.device)
@@ -198,27 +253,69 @@ class ModelPool:
             current = self._models.get(model.key)
             if current is not None:
                 if current.device == target_device and wanted_engine in ("auto", current.engine):
+                    current.pinned = current.pinned or pinned
                     return current
                 await self._release(current)
             family = self.registry.get(model.model_type)
+            if self.config.memory_budget_mb is None:
+                return await self._load_new(model, family, target_device, wanted_engine, pinned)
+            async with self._budget_lock:  # one budget decision (and its load) at a time
+                estimate = await self._run(self._cpu, self._estimate_mb, model.spec)
+                await self._make_room(model, target_device, estimate)
+                resident = await self._load_new(model, family, target_device, wanted_engine, pinned)
+                try:
+                    await self._make_room(model, target_device, resident.memory_mb)
+                except UnavailableError:
+                    await self._release(resident)
+                    raise
+                return resident
+
+    async def _load_new(
+        self,
+        model: ResolvedModel,
+        family: Family,
+        target_device: str,
+        wanted_engine: str,
+        pinned: bool,
+    ) -> LoadedModel:
+        """Load, warm up and register a model (the caller holds the model's lock)."""
+        loaded = await self._run(
+            self._cpu,
+            functools.partial(self.loader.load, warm=False),
+            family,
+            model.spec,
+            target_device,
+            wanted_engine,
+        )
+        try:
             loaded = await self._run(
-                self._cpu, self.loader.load, family, model.spec, target_device, wanted_engine
+                self._compute, self.loader.warm_up, family, loaded.request, loaded
             )
-            resident = LoadedModel(
-                model_type=model.model_type,
-                variant=model.spec.name,
-                spec=model.spec,
-                pipeline=loaded.pipeline,
-                device=target_device,
-                engine=loaded.engine,
-                dtype=loaded.dtype,
-                memory_mb=loaded.memory_mb,
-                loaded_at=datetime.now(UTC),
-                fallback_reason=loaded.fallback_reason,
-                placement=loaded.placement,
-            )
-            self._models[model.key] = resident
-            return resident
+        except BaseException:
+            await self._run(self._cpu, loaded.pipeline.close)
+            raise
+        resident = LoadedModel(
+            model_type=model.model_type,
+            variant=model.spec.name,
+            spec=model.spec,
+            pipeline=loaded.pipeline,
+            device=target_device,
+            engine=loaded.engine,
+            dtype=loaded.dtype,
+            dtype_reason=loaded.dtype_reason,
+            memory_mb=loaded.memory_mb,
+            loaded_at=datetime.now(UTC),
+            fallback_reason=loaded.fallback_reason,
+            placement=loaded.placement,
+            pinned=pinned,
+        )
+        resident.batcher = Batcher(
+            forward=loaded.pipeline.forward,
+            run=functools.partial(self._forward, resident),
+            limits=self.batch_limits(family, target_device),
+        )
+        self._models[model.key] = resident
+        return resident
 
     async def unload(self, model_type: str, variant: str | None = None) -> list[tuple[str, str]]:
         """Unload one variant, or every loaded variant of the type; returns what was unloaded."""
@@ -243,10 +340,85 @@ class ModelPool:
             unloaded += await self.unload(name, variant)
         return unloaded
 
+    async def check_options(self, resolved: ResolvedModel, options: Any) -> None:
+        """The family's checkpoint-level checks of ``options`` (see ``Family.check_options``).
+
+        Only :class:`~engines.errors.InvalidInputError` comes out: a checkpoint that cannot be
+        read now is the job's to report when it runs.
+        """
+        family = self.registry.get(resolved.model_type)
+        try:
+            await self._run(
+                self._cpu, family.check_options, resolved.spec, self.config.hf_token, options
+            )
+        except InvalidInputError:
+            raise
+        except Exception:
+            log.info("could not check %s's options before running", resolved.label, exc_info=True)
+
+    @staticmethod
+    def _estimate_mb(spec: VariantSpec) -> float:
+        """The weights a variant will take, from its files when they are on this disk.
+
+        Hub checkpoints not yet downloaded count 0 here (nothing is fetched just to measure);
+        the budget is checked again with the loaded model's real size.
+        """
+        path = Path(spec.source).expanduser()
+        return weights_mb(path) if path.is_dir() else 0.0
+
+    async def _make_room(self, model: ResolvedModel, device: str, needed_mb: float) -> None:
+        """Unload least recently used models on ``device`` until ``needed_mb`` more fits."""
+        assert self.config.memory_budget_mb is not None
+        now = time.monotonic()
+        residents = [
+            Resident(
+                key=key,
+                label=f"{m.model_type}/{m.variant}",
+                memory_mb=m.memory_mb,
+                busy=m.in_flight > 0,
+                pinned=m.pinned,
+                resident_s=now - m.loaded_mono,
+                idle_s=now - m.last_used_mono,
+            )
+            for key, m in self._models.items()
+            if m.device == device and key != model.key
+        ]
+        for key in plan_room(
+            model.label,
+            needed_mb,
+            self.config.memory_budget_mb,
+            residents,
+            self.config.min_residency_s,
+        ):
+            victim = self._models[key]  # type: ignore[index]
+            log.info("unloading %s/%s to make room for %s", *key, model.label)  # type: ignore[misc]
+            await self._release(victim)
+
+    def batch_limits(self, family: Family, device: str) -> BatchLimits:
+        """Batch size and delay for ``family`` on ``device``: per model, global, then default."""
+        size, delay_ms = self.config.batch_limits.get(family.name, (None, None))
+        cuda = device.startswith("cuda")
+        if size is None:
+            size = self.config.max_batch_size
+        if size is None:
+            size = family.max_batch_size["cuda" if cuda else "cpu"]
+        if delay_ms is None:
+            delay_ms = self.config.max_batch_delay_ms
+        if delay_ms is None:
+            delay_ms = 2.0 if cuda else 0.0
+        return BatchLimits(max_batch_size=size, max_delay_s=delay_ms / 1e3)
+
+    async def _forward(
+        self, model: LoadedModel, forward: Forward, batch: list[Prepared], options: Any
+    ) -> list[Any]:
+        return await self._guarded(model, self._compute, forward, batch, options)
+
     async def _release(self, model: LoadedModel) -> None:
         await model.idle.wait()
+        if model.batcher is not None:
+            await model.batcher.close()
         self._models.pop((model.model_type, model.variant), None)
-        await self._run(self._cpu, model.pipeline.core.close)
+        await self._run(self._cpu, model.pipeline.close)
         log.info("unloaded %s/%s", model.model_type, model.variant)
 
     def loaded(self) -> list[LoadedModel]:
@@ -267,22 +439,34 @@ class ModelPool:
         self,
         model_type: str,
         variant: str | None,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image | ImageHandle],
         options: Any,
     ) -> InferenceOutcome:
         """Resolve the model, then :meth:`run`."""
         return await self.run(self.resolve(model_type, variant), images, options)
 
     async def run(
-        self, resolved: ResolvedModel, images: Sequence[Image.Image], options: Any
+        self,
+        resolved: ResolvedModel,
+        images: Sequence[Image.Image | ImageHandle],
+        options: Any,
     ) -> InferenceOutcome:
         """Pre-process, run and post-process ``images``; results in input order.
 
-        Loads the model first when lazy loading is on.
+        Loads the model first when lazy loading is on. Image handles go only to families that
+        accept them (``Family.accepts_image_ids``).
 
         Raises:
+            InvalidInputError: An image handle for a family that takes only pixels.
             ModelNotLoadedError: Lazy loading is off and the model is not loaded.
         """
+        if any(isinstance(i, ImageHandle) for i in images):
+            if not self.registry.get(resolved.model_type).accepts_image_ids:
+                takers = ", ".join(f.name for f in self.registry if f.accepts_image_ids)
+                raise InvalidInputError(
+                    f"{resolved.model_type} takes images, not image_id items; only "
+                    f"{takers or 'no model'} accepts them."
+                )
         model = self._models.get(resolved.key)
         if model is None:
             if not self.config.lazy_loading:
@@ -300,7 +484,7 @@ class ModelPool:
                 model.idle.set()
 
     async def _infer_loaded(
-        self, model: LoadedModel, images: Sequence[Image.Image], options: Any
+        self, model: LoadedModel, images: Sequence[Image.Image | ImageHandle], options: Any
     ) -> InferenceOutcome:
         pipeline = model.pipeline
         started = time.perf_counter()
@@ -310,13 +494,8 @@ class ModelPool:
             )
         )
         t_pre = time.perf_counter()
-        raw: list[Any] = [None] * len(prepared)
-        for group in batches(prepared, self.config.max_batch_size):
-            outputs = await self._guarded(
-                model, self._compute, pipeline.forward, [prepared[i] for i in group], options
-            )
-            for i, out in zip(group, outputs, strict=True):
-                raw[i] = out
+        assert model.batcher is not None
+        raw = await model.batcher.submit(prepared, options)
         t_inf = time.perf_counter()
         results = list(
             await asyncio.gather(
@@ -329,6 +508,7 @@ class ModelPool:
         t_post = time.perf_counter()
         model.requests += 1
         model.last_used_at = datetime.now(UTC)
+        model.last_used_mono = time.monotonic()
         timings = {
             "preprocess": (t_pre - started) * 1e3,
             "inference": (t_inf - t_pre) * 1e3,
@@ -384,6 +564,7 @@ def _status_entry(
         "device": None,
         "engine": None,
         "dtype": None,
+        "dtype_reason": None,
         "memory_mb": None,
         "loaded_at": None,
         "last_used_at": None,
@@ -391,12 +572,14 @@ def _status_entry(
         "fallback_reason": None,
         "placement": None,
         "cache": None,
+        "batch_sizes": None,
     }
     if model is not None:
         entry.update(
             device=model.device,
             engine=model.engine,
             dtype=model.dtype,
+            dtype_reason=model.dtype_reason,
             memory_mb=model.memory_mb,
             loaded_at=model.loaded_at,
             last_used_at=model.last_used_at,
@@ -404,6 +587,9 @@ def _status_entry(
             fallback_reason=model.fallback_reason,
             placement=model.placement,
             cache=_as_dict(model.pipeline.cache_stats()),
+            batch_sizes={str(k): v for k, v in sorted(model.batcher.sizes.items())}
+            if model.batcher is not None
+            else None,
         )
     return entry
 

@@ -93,6 +93,8 @@ def set_torch_threads(threads: int) -> None:
 
 
 def torch_checkpoint(request: LoadRequest, patterns: Sequence[str]) -> Path:
-    """Set torch's threads for this load and find the checkpoint's files (``patterns``)."""
-    set_torch_threads(request.torch_threads)
+    """Find the checkpoint's files (``patterns``) for a torch load.
+
+    Thread counts are not set here: each pool thread sets its own (:mod:`engines.threads`).
+    """
     return resolve_checkpoint(request.spec.source, request.hf_token, allow_patterns=patterns)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from engines.artifacts import failed_gates
 from engines.base import Family, FamilyExport, Pipeline, family_export, run_pipeline
 from engines.errors import NotFoundError
 
@@ -101,16 +102,6 @@ def compare(
         if failed:
             raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
     return worst
-
-
-def failed_gates(gates: Mapping[str, tuple[str, float]], figures: Mapping[str, float]) -> list[str]:
-    """The gates (metric → (">=" or "<=", limit)) that ``figures`` fail, described."""
-    return [
-        f"{metric} = {figures[metric]:.6g} (gate {op} {limit})"
-        for metric, (op, limit) in gates.items()
-        if metric in figures
-        and not (figures[metric] >= limit if op == ">=" else figures[metric] <= limit)
-    ]
 
 
 def _finite(value: Any) -> bool:

@@ -22,10 +22,11 @@ from service.request_ids import configure_logging, request_id_middleware
 from service.routes.inference import inference_router
 from service.routes.jobs import jobs_router
 from service.routes.models import ModelsController
+from service.routes.sam3 import sam3_embed
 from service.routes.system import health, redoc, root, swagger_ui
 from service.schemas.common import Endpoint
 from service.settings import Settings
-from service.wiring import build_inference, build_pool
+from service.wiring import build_inference, build_pool, preload
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.started_at = time.monotonic()
-        for model_type in settings.runtime.preload:
-            name, _, variant = model_type.partition(":")
-            await pool.load(name, variant or None)
+        await preload(settings, pool)
         await jobs.start()
         try:
             yield
@@ -79,6 +78,7 @@ def create_app(
             redoc,
             ModelsController,
             inference_router(served),
+            sam3_embed,
             jobs_router(served),
         ],
         middleware=[request_id_middleware],

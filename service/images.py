@@ -1,7 +1,11 @@
-"""Image inputs: base64, data URIs and URLs into validated RGB images.
+"""Image inputs: base64, data URIs and URLs into validated RGB images; image ids into handles.
 
 Each decoded image keeps its original bytes, so the job queue can carry validated bytes
-instead of pixels.
+instead of pixels. An ``{"image_id"}`` item (SAM3's cached embeddings) becomes an
+:class:`~engines.base.ImageHandle` that the family resolves; on the queue it travels as
+:data:`IMAGE_ID_PREFIX` + the id in place of image bytes, and the worker looks the id up in its
+own pool's cache (see the README: with Redis workers in other processes the id must have been
+embedded by that process).
 """
 
 from __future__ import annotations
@@ -18,30 +22,39 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engines.base import ImageHandle
 from engines.errors import InvalidInputError, PayloadTooLargeError
 from service.schemas.common import ImageInput, ImageRef
 from service.urlfetch import UrlFetcher
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
 URL_PREFIX = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+# What an image_id item's "bytes" start with on the job queue. No image format begins with a
+# NUL and this text, and client bytes are never read as an id (only queue bytes are).
+IMAGE_ID_PREFIX = b"\0vision-api:image-id:"
 
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A validated RGB image with the bytes it came from."""
+    """A validated RGB image with the bytes it came from, or a handle to a cached one."""
 
-    image: Image.Image
+    image: Image.Image | ImageHandle
     data: bytes
 
-    @property
-    def width(self) -> int:
-        """Width after EXIF rotation."""
-        return self.image.width
+    @classmethod
+    def of_id(cls, image_id: str) -> DecodedImage:
+        """An ``image_id`` item: its handle, and the id as the queue carries it."""
+        return cls(ImageHandle(image_id), IMAGE_ID_PREFIX + image_id.encode())
 
     @property
-    def height(self) -> int:
-        """Height after EXIF rotation."""
-        return self.image.height
+    def width(self) -> int | None:
+        """Width after EXIF rotation (None for a handle)."""
+        return self.image.width if isinstance(self.image, Image.Image) else None
+
+    @property
+    def height(self) -> int | None:
+        """Height after EXIF rotation (None for a handle)."""
+        return self.image.height if isinstance(self.image, Image.Image) else None
 
 
 class ImageDecoder:
@@ -64,7 +77,10 @@ class ImageDecoder:
         """The raw bytes of one item (base64 decoded or fetched)."""
         if isinstance(item, ImageRef):
             if (item.data is None) == (item.url is None):
-                raise InvalidInputError(f"images[{index}]: give exactly one of 'data' and 'url'.")
+                fields = (
+                    "'data', 'url' and 'image_id'" if item.accepts_image_id else "'data' and 'url'"
+                )
+                raise InvalidInputError(f"images[{index}]: give exactly one of {fields}.")
             if item.url is not None:
                 return await self._fetch(index, item.url)
             return _b64decode(index, item.data or "")
@@ -79,10 +95,22 @@ class ImageDecoder:
             raise type(exc)(f"images[{index}]: {exc.detail}") from None
 
     async def _decode(self, index: int, item: ImageInput) -> DecodedImage:
+        if isinstance(item, ImageRef) and item.image_id is not None:
+            if item.data is not None or item.url is not None:
+                raise InvalidInputError(
+                    f"images[{index}]: give exactly one of 'data', 'url' and 'image_id'."
+                )
+            return DecodedImage.of_id(item.image_id)
         data = await self.fetch_bytes(index, item)
-        return await asyncio.to_thread(self.decode_bytes, index, data)
+        return await asyncio.to_thread(self.decode_pixels, index, data)
 
     def decode_bytes(self, index: int, data: bytes) -> DecodedImage:
+        """What the job queue carried: an image id reference, or image bytes to decode."""
+        if data.startswith(IMAGE_ID_PREFIX):
+            return DecodedImage.of_id(data[len(IMAGE_ID_PREFIX) :].decode())
+        return self.decode_pixels(index, data)
+
+    def decode_pixels(self, index: int, data: bytes) -> DecodedImage:
         """Decode, check the pixel limit, apply EXIF orientation, convert to RGB."""
         if not data:
             raise InvalidInputError(f"images[{index}]: the image is empty.")

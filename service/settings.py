@@ -60,12 +60,29 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     torch_threads: Annotated[int, Meta(ge=0)] = 0
     lazy_loading: bool = True
     preload: list[str] = msgspec.field(default_factory=list)
-    max_batch_size: Annotated[int, Meta(ge=1)] = 8
+    # None: each family's default for the device (8 on CPU, 32 on CUDA; GroundingDINO 1 / 8).
+    max_batch_size: Annotated[int, Meta(ge=1)] | None = None
+    # How long the oldest queued image waits for its batch to fill; None: 0 on CPU, 2 on CUDA.
+    max_batch_delay_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
     compute_workers: Annotated[int, Meta(ge=1)] = 1
+    # Most MB of model weights resident per device; least recently used models make room.
+    memory_budget_mb: Annotated[float, Meta(gt=0)] | None = None
+    # A model loaded more recently than this is not unloaded to make room (no thrashing).
+    min_residency_s: Annotated[float, Meta(ge=0)] = 30.0
     artifacts_dir: str = "artifacts"
-    onnx_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    # dtype auto on CPU: try bf16 weights where the CPU has bf16 matrix units (auto), always
+    # (check: the gate and the timing still decide) or never (off).
+    cpu_bf16: Literal["auto", "check", "off"] = "auto"
+    # auto: the faster artifact whose recorded parity passed its gates (int8 on CPU, fp16 on
+    # CUDA), else fp32.
+    onnx_precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     ort_providers: list[str] = msgspec.field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
     ort_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # SAM3's image-embedding cache. None: 2048 MiB on CPU, 1024 MiB on CUDA (each ~19 images
+    # at 1008² in the device's default dtype); 0 turns it off.
+    sam3_cache_mb: Annotated[float, Meta(ge=0)] | None = None
+    # Seconds an embedding is kept after its last use.
+    sam3_cache_ttl_s: Annotated[float, Meta(gt=0)] = 600.0
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -96,6 +113,8 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     default_variant: str | None = None
     variants: dict[str, VariantConfig] = msgspec.field(default_factory=dict)
+    max_batch_size: Annotated[int, Meta(ge=1)] | None = None
+    max_batch_delay_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

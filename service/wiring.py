@@ -40,12 +40,23 @@ def pool_config(settings: Settings) -> PoolConfig:
         torch_threads=runtime.torch_threads,
         lazy_loading=runtime.lazy_loading,
         max_batch_size=runtime.max_batch_size,
+        max_batch_delay_ms=runtime.max_batch_delay_ms,
+        batch_limits={
+            model_type: (config.max_batch_size, config.max_batch_delay_ms)
+            for model_type, config in settings.models.items()
+            if config.max_batch_size is not None or config.max_batch_delay_ms is not None
+        },
         compute_workers=runtime.compute_workers,
+        memory_budget_mb=runtime.memory_budget_mb,
+        min_residency_s=runtime.min_residency_s,
         hf_token=settings.hf_token,
         artifacts_dir=Path(runtime.artifacts_dir),
         onnx_precision=runtime.onnx_precision,
         ort_providers=tuple(runtime.ort_providers),
         ort_optimization=runtime.ort_optimization,
+        cpu_bf16=runtime.cpu_bf16,
+        image_cache_mb=runtime.sam3_cache_mb,  # only SAM3 keeps a per-image cache
+        image_cache_ttl_s=runtime.sam3_cache_ttl_s,
         variants=tables,
     )
 
@@ -76,3 +87,13 @@ def build_inference(
 def build_worker_inference(settings: Settings) -> InferenceService:
     """What a standalone job worker runs jobs with: the same as the API's."""
     return build_inference(settings, build_pool(settings))
+
+
+async def preload(settings: Settings, pool: ModelPool) -> None:
+    """Load ``runtime.preload`` (``model_type`` or ``model_type:variant`` entries), pinned.
+
+    Preloaded models are never unloaded to make room in the memory budget.
+    """
+    for entry in settings.runtime.preload:
+        name, _, variant = entry.partition(":")
+        await pool.load(name, variant or None, pinned=True)

@@ -19,15 +19,18 @@ from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
 from engines.registry import FamilyRegistry
 from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
+POISON_WIDTH = 13  # an image this wide makes the forward it is in fail
+
 
 class GateCore:
     """A core whose forward blocks until ``gate`` is set."""
 
     engine = "torch"
 
-    def __init__(self, gate: threading.Event) -> None:
+    def __init__(self, gate: threading.Event, memory_bytes: int = 1024) -> None:
         self.gate = gate
         self.closed = False
+        self._memory_bytes = memory_bytes
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.gate.wait(timeout=30):
@@ -37,7 +40,7 @@ class GateCore:
         return {"sum": inputs["x"].reshape(len(inputs["x"]), -1).sum(axis=1)}
 
     def memory_bytes(self) -> int:
-        return 1024
+        return self._memory_bytes
 
     def close(self) -> None:
         self.closed = True
@@ -48,6 +51,8 @@ class GatePipeline(Pipeline[Any]):
         return Prepared({"x": np.asarray(image, np.float32)}, image.width, image.height)
 
     def forward(self, batch: Sequence[Prepared], options: Any) -> list[Any]:
+        if any(p.width == POISON_WIDTH for p in batch):
+            raise ValueError("a poisoned image")
         out = self.core.run("model", {"x": np.stack([p.arrays["x"] for p in batch])})
         return [{"sum": float(s), "batch": len(batch)} for s in out["sum"]]
 
@@ -87,7 +92,8 @@ class GateFamily(Family):
         "two": VariantSpec("two", "memory://two"),
     }
 
-    def __init__(self, load_s: float = 0.2) -> None:
+    def __init__(self, load_s: float = 0.2, memory_mb: float | None = None) -> None:
+        self.memory_mb = memory_mb
         self.gate = threading.Event()
         self.gate.set()
         self.loads = 0
@@ -99,7 +105,8 @@ class GateFamily(Family):
         time.sleep(self.load_s)
         if not self.gate.wait(timeout=30):
             raise RuntimeError("gate never opened")
-        core = GateCore(self.gate)
+        memory = 1024 if self.memory_mb is None else int(self.memory_mb * 2**20)
+        core = GateCore(self.gate, memory)
         self.cores.append(core)
         return GatePipeline(core)
 

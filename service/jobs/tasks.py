@@ -32,6 +32,7 @@ from service.jobs import codec
 from service.jobs.execution import JobOutcome, decode_payload, run_inference
 from service.jobs.redis_store import FUNCTION_NAME, RedisJobStore
 from service.settings import Settings
+from service.wiring import preload
 
 log = logging.getLogger(__name__)
 RESTART_S = 5.0
@@ -95,9 +96,7 @@ class WorkerRuntime:
         if self.inference is None:
             assert self._build is not None
             self.inference = self._build(self.settings)
-            for model_type in self.settings.runtime.preload:
-                name, _, variant = model_type.partition(":")
-                await self.inference.pool.load(name, variant or None)
+            await preload(self.settings, self.inference.pool)
         ctx["inference"] = self.inference
         ctx["settings"] = self.settings
         ctx["job_store"] = RedisJobStore(ctx["redis"], jobs)

@@ -62,5 +62,6 @@ async def validate_submission(
     endpoint = inference.endpoint(model_type)
     request = parse_body(endpoint.model_type, endpoint.request, body)
     resolved = inference.pool.resolve(endpoint.model_type, request.variant)  # 404 before fetching
+    await inference.pool.check_options(resolved, request)  # e.g. a prompt over the token limit
     images = await inference.decode(request)
     return resolved, request, images

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 from msgspec import Meta
 
 
 class ImageRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """An image as an object: exactly one of ``data`` (base64) and ``url``."""
+    """An image as an object: exactly one of ``data`` (base64) and ``url``.
+
+    ``image_id`` is part of every endpoint's item so that one sent elsewhere is refused with a
+    message saying where it belongs; an endpoint whose family keeps image embeddings (SAM3)
+    declares a subclass with ``accepts_image_id = True``.
+    """
 
     data: str | None = None
     url: str | None = None
+    image_id: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=128,
+                description="sam3 only: the id POST /inference/sam3/embed returned for an "
+                "image (in place of data or url).",
+            ),
+        ]
+        | None
+    ) = None
+    accepts_image_id: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        """Refuse ``image_id`` where the endpoint's family keeps no embeddings (a 400)."""
+        if self.image_id is not None and not self.accepts_image_id:
+            raise ValueError(
+                "image_id items are accepted only by sam3 (POST /inference/sam3 and sam3 "
+                "jobs); send this model the image as data or url"
+            )
 
 
 ImageInput = str | ImageRef
@@ -38,8 +65,12 @@ class InferenceRequest(Protocol):
     as its options and the schema validates every field once, at the edge.
     """
 
-    images: list[ImageInput]
     variant: str | None
+
+    @property
+    def images(self) -> Sequence[ImageInput]:
+        """The image items (a read-only view: SAM3's items are a subclass of ``ImageRef``)."""
+        ...
 
 
 class Timings(msgspec.Struct, kw_only=True):

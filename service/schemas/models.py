@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 
 class ModelLoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -36,6 +37,9 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     device: str | None
     engine: str | None
     dtype: str | None
+    dtype_reason: Annotated[
+        str | None, Meta(description="Why this dtype or ONNX precision was chosen.")
+    ] = None
     memory_mb: float | None
     loaded_at: datetime | None
     last_used_at: datetime | None
@@ -43,6 +47,10 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     fallback_reason: str | None
     placement: dict[str, str] | None = None
     cache: CacheStats | None = None
+    batch_sizes: Annotated[
+        dict[str, int] | None,
+        Meta(description="Forwards run since loading, by batch size (images in one forward)."),
+    ] = None
 
 
 class CacheStats(msgspec.Struct, kw_only=True):

@@ -2,24 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 from msgspec import Meta
 
-from engines.families.sam3.options import Sam3Options
-from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
+from engines.families.sam3.options import Sam3EmbedOptions, Sam3Options
+from service.schemas.common import Endpoint, ImageRef, InferenceResponse, Variant
+
+
+class Sam3ImageRef(ImageRef, kw_only=True, forbid_unknown_fields=True):
+    """An image as an object: exactly one of ``data`` (base64), ``url`` and ``image_id``.
+
+    ``image_id`` names an embedding SAM3 keeps (from ``POST /inference/sam3/embed``, or any
+    earlier request with the same image): the vision encoder is skipped. Once it is evicted or
+    expired the request is a 404; send the image again.
+    """
+
+    accepts_image_id: ClassVar[bool] = True
+
+
+Sam3Images = Annotated[
+    list[str | Sam3ImageRef],
+    Meta(
+        min_length=1,
+        description="Base64 image bytes (a data URI prefix is accepted), an http(s) URL, or an "
+        "object {data} / {url} / {image_id} (an id from POST /inference/sam3/embed). At most "
+        "max_images_per_request (default 16).",
+    ),
+]
 
 
 class Sam3Request(Sam3Options, kw_only=True, forbid_unknown_fields=True):
     """Segment every instance of each prompt in each image.
 
     Each image is encoded once and every prompt runs against that encoding, so extra prompts
-    cost only the decoder. Instances of all prompts are merged and sorted by score.
+    cost only the decoder. Instances of all prompts are merged and sorted by score. An image
+    sent before (same pixels, same variant) or named by ``image_id`` is not encoded again while
+    its embedding is cached.
     """
 
-    images: Images
+    images: Sam3Images
     variant: Variant = None
+
+
+class Sam3EmbedRequest(Sam3EmbedOptions, kw_only=True, forbid_unknown_fields=True):
+    """Encode each image once and keep its embedding; answer an ``image_id`` per image."""
+
+    images: Sam3Images
+    variant: Variant = None
+
+
+class Sam3EmbedResponse(InferenceResponse, kw_only=True):
+    """One id per input image, in order, for ``{"image_id": ...}`` items of later requests."""
+
+    image_ids: Annotated[
+        list[str],
+        Meta(description="SHA-256 of each decoded image's pixels and the variant (hex)."),
+    ]
+    expires_in_s: Annotated[
+        float,
+        Meta(
+            description="Seconds each embedding is kept after its last use (any request "
+            "using it renews it); less-used ones may be evicted sooner when the cache is full."
+        ),
+    ]
 
 
 class RleMask(msgspec.Struct, kw_only=True):

@@ -165,3 +165,13 @@ def test_bad_job_is_refused_before_queueing(http: httpx.Client) -> None:
     response = http.post("/jobs/submit/grounding_dino", json={"images": [IMAGE], "prompts": []})
     assert response.status_code == 400, response.text
     assert "prompts" in response.json()["detail"]
+
+
+def test_a_job_over_the_token_limit_is_refused_at_submission(http: httpx.Client) -> None:
+    # 64 prompts of 3 tokens + 64 '.' + [CLS] + [SEP] = 258 tokens, over the model's 256: only
+    # the checkpoint's tokenizer can tell, and it does before anything is queued.
+    before = http.get("/jobs").json()["total"]
+    body = {"images": [IMAGE], "prompts": ["cat cat cat"] * 64}
+    response = http.post("/jobs/submit/grounding-dino", json=body)
+    assert_clear_error(response, 400, "at most 256")
+    assert http.get("/jobs").json()["total"] == before

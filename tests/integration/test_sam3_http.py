@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -194,3 +197,173 @@ def test_bad_job_is_refused_before_queueing(http: httpx.Client) -> None:
     response = http.post("/jobs/submit/sam3", json={"images": [IMAGE], "prompts": ["  "]})
     assert response.status_code == 400, response.text
     assert "prompts[0]" in response.json()["detail"]
+
+
+def test_a_job_with_a_prompt_over_the_token_limit_is_refused_at_submission(
+    http: httpx.Client,
+) -> None:
+    before = http.get("/jobs").json()["total"]
+    body = {"images": [IMAGE], "prompts": ["dog", "cat " * 40]}
+    response = http.post("/jobs/submit/sam3", json=body)
+    assert_clear_error(response, 400, "Prompt 1")
+    assert http.get("/jobs").json()["total"] == before
+
+
+# -- image embeddings kept between requests ---------------------------------------------------
+def embed(http: httpx.Client, images: list[Any], **extra: Any) -> dict[str, Any]:
+    response = http.post("/inference/sam3/embed", json={"images": images, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def cache_counters(http: httpx.Client) -> dict[str, int]:
+    models = http.get("/models/status").json()["models"]
+    (entry,) = [m for m in models if (m["model_type"], m["variant"]) == ("sam3", "tiny")]
+    assert entry["loaded"], "the test loads it first"
+    return entry["cache"]
+
+
+def unique_photo() -> str:
+    """A photo no other test sends: chelsea.jpg with a random pixel, as PNG base64."""
+    image = Image.open(ASSETS / "chelsea.jpg").convert("RGB")
+    image.putpixel((0, 0), tuple(int(v) for v in np.random.default_rng().integers(0, 256, 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_embed_answers_ids_that_stand_for_the_images(http: httpx.Client) -> None:
+    images = [asset_b64("chelsea.jpg"), asset_b64("camera.png")]
+    body = embed(http, images)
+    ids = body["image_ids"]
+    assert len(ids) == len(set(ids)) == 2 and all(len(i) == 64 for i in ids)
+    assert body["expires_in_s"] == 600  # sam3_cache_ttl_s's default
+    assert (body["model_type"], body["variant"], body["device"]) == ("sam3", "tiny", "cpu")
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "postprocess", "total"}
+    assert embed(http, images)["image_ids"] == ids  # the same pixels, the same ids
+    options = {"prompts": PROMPTS, "threshold": 0.2, "output_format": "rle"}
+    by_id = segment(http, [{"image_id": i} for i in ids], **options)
+    by_pixels = segment(http, images, **options)
+    assert by_id["results"] == by_pixels["results"]
+    assert [(r["width"], r["height"]) for r in by_id["results"]] == [
+        Image.open(ASSETS / p).size for p in ("chelsea.jpg", "camera.png")
+    ]
+    mixed = segment(http, [{"image_id": ids[0]}, {"data": images[1]}], **options)
+    assert mixed["results"] == by_pixels["results"]
+
+
+def test_status_counts_hits_and_misses(http: httpx.Client) -> None:
+    embed(http, [asset_b64("coffee.png")])  # loaded, whatever ran before
+    before = cache_counters(http)
+    image = unique_photo()
+    first = segment(http, [image], prompts=["cat"], output_format="rle")
+    after_first = cache_counters(http)
+    assert after_first["misses"] == before["misses"] + 1
+    assert after_first["hits"] == before["hits"]
+    again = segment(http, [image], prompts=["cat"], output_format="rle")
+    assert again["results"] == first["results"]  # from the embedding the first one left
+    segment(http, [image], prompts=["sky", "a red dog"], output_format="rle")
+    after = cache_counters(http)
+    assert after["hits"] == before["hits"] + 2
+    assert after["misses"] == after_first["misses"]
+    assert after["entries"] >= 1
+    assert 0 < after["bytes"] <= after["budget_bytes"] == 2048 * 2**20  # the CPU default
+
+
+def test_an_unknown_image_id_is_a_404(http: httpx.Client) -> None:
+    response = http.post(
+        "/inference/sam3", json={"images": [{"image_id": "0" * 64}], "prompts": ["cat"]}
+    )
+    assert_clear_error(response, 404, "is not in the cache (evicted or never embedded)")
+    assert "POST /inference/sam3/embed" in response.json()["detail"]
+    stale = http.post("/inference/sam3/embed", json={"images": [{"image_id": "feed"}]})
+    assert_clear_error(stale, 404, "image_id 'feed' is not in the cache")
+
+
+def test_an_image_id_for_another_model_is_a_400(http: httpx.Client) -> None:
+    (image_id,) = embed(http, [asset_b64("chelsea.jpg")])["image_ids"]
+    body = {"images": [{"image_id": image_id}]}
+    for path in ("/inference/dinov3", "/jobs/submit/dinov3", "/inference/depth-anything"):
+        response = http.post(path, json=body)
+        assert_clear_error(response, 400, "image_id items are accepted only by sam3")
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ({"image_id": "abc", "data": IMAGE}, "exactly one of 'data', 'url' and 'image_id'"),
+        ({}, "exactly one of 'data', 'url' and 'image_id'"),
+        ({"image_id": ""}, "images[0].image_id"),
+        ({"image_id": 7}, "images[0].image_id"),
+    ],
+)
+def test_bad_image_id_items_are_a_400(http: httpx.Client, item: Any, needle: str) -> None:
+    response = http.post("/inference/sam3", json={"images": [item], "prompts": ["cat"]})
+    assert_clear_error(response, 400, needle)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({}, 400, "images"),
+        ({"images": []}, 400, "images"),
+        ({"images": [IMAGE], "prompts": ["cat"]}, 400, "prompts"),
+        ({"images": [IMAGE], "variant": "huge"}, 404, "huge"),
+        ({"images": ["not base64!"]}, 400, "images[0]"),
+        ({"images": [IMAGE] * 17}, 413, "at most 16"),
+    ],
+)
+def test_bad_embed_requests_are_a_clear_4xx(
+    http: httpx.Client, body: dict[str, Any], status: int, needle: str
+) -> None:
+    assert_clear_error(http.post("/inference/sam3/embed", json=body), status, needle)
+
+
+def finished_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while (job := http.get(f"/jobs/{job_id}").json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def test_a_job_takes_an_image_id(http: httpx.Client) -> None:
+    (image_id,) = embed(http, [asset_b64("rocket.jpg")])["image_ids"]
+    options = {"prompts": PROMPTS, "output_format": "rle"}
+    submitted = http.post("/jobs/submit/sam3", json={"images": [{"image_id": image_id}], **options})
+    assert submitted.status_code == 202, submitted.text
+    job = finished_job(http, submitted.json()["job_id"])
+    assert job["status"] == "completed", job["error"]
+    by_pixels = segment(http, [asset_b64("rocket.jpg")], **options)
+    assert job["result"]["results"] == by_pixels["results"]
+    # The id is looked up when the job runs (the queue may wait longer than an embedding
+    # lives), so an unknown one fails the job with the endpoint's detail.
+    unknown = {"images": [{"image_id": "0" * 64}], **options}
+    submitted = http.post("/jobs/submit/sam3", json=unknown)
+    assert submitted.status_code == 202, submitted.text
+    job = finished_job(http, submitted.json()["job_id"])
+    assert job["status"] == "failed"
+    assert "is not in the cache (evicted or never embedded)" in job["error"]
+
+
+def test_openapi_documents_embed_and_image_id_items(http: httpx.Client) -> None:
+    schema = http.get("/schema/openapi.json").json()
+    operation = schema["paths"]["/inference/sam3/embed"]["post"]
+    assert operation["tags"] == ["inference"] and "image_id" in operation["summary"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    (ref,) = [part["$ref"] for part in body["allOf"]]
+    assert ref.endswith("/Sam3EmbedRequest")
+    assert body["examples"] == [{"images": ["https://images.example.com/cat.jpg"]}]
+    response = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert response["$ref"].endswith("/Sam3EmbedResponse")
+    components = schema["components"]["schemas"]
+    assert {"image_ids", "expires_in_s"} <= set(components["Sam3EmbedResponse"]["properties"])
+    item = components["Sam3ImageRef"]
+    assert set(item["properties"]) == {"data", "url", "image_id"}
+    assert "/inference/sam3/embed" in item["properties"]["image_id"]["description"]
+    images = components["Sam3Request"]["properties"]["images"]
+    assert "image_id" in images["description"]
+    assert any(
+        ref.get("$ref", "").endswith("/Sam3ImageRef")
+        for ref in images["items"].get("oneOf", [images["items"]])
+    )

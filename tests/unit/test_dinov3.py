@@ -84,3 +84,42 @@ def test_served_embedding_equals_transformers(tiny_models: Path) -> None:
             got = torch.tensor(result["embedding"])
             assert F.cosine_similarity(got, want, dim=0) >= 0.999
     asyncio.run(pool.close())
+
+
+def test_cpu_bf16_check_decides_with_real_figures(tiny_models: Path) -> None:
+    """cpu_bf16 "check" runs the gate and the timing even without bf16 units, as at load."""
+    config = PoolConfig(
+        cpu_bf16="check",
+        variants={
+            "dinov3": VariantTable("t", {"t": VariantSpec("t", str(tiny_models / "dinov3-tiny"))})
+        },
+    )
+    pool = ModelPool(default_registry(), config)
+    model = asyncio.run(pool.load("dinov3"))
+    reason = model.dtype_reason or ""
+    assert model.dtype in ("float32", "bfloat16")
+    assert "embedding_cosine_min" in reason or "was not faster" in reason, reason
+    assert reason.startswith(model.dtype)
+    entry = next(e for e in pool.status() if e["loaded"])
+    assert entry["dtype"] == model.dtype and entry["dtype_reason"] == reason
+    asyncio.run(pool.close())
+
+
+def test_cpu_without_bf16_units_stays_float32_and_says_why(tiny_models: Path) -> None:
+    from engines.devices import cpu_bf16_units
+
+    config = PoolConfig(
+        variants={
+            "dinov3": VariantTable("t", {"t": VariantSpec("t", str(tiny_models / "dinov3-tiny"))})
+        },
+    )
+    pool = ModelPool(default_registry(), config)
+    model = asyncio.run(pool.load("dinov3"))
+    if cpu_bf16_units():  # a CPU with bf16 units runs the check instead
+        assert model.dtype_reason and "bf16" in model.dtype_reason
+    else:
+        assert model.dtype == "float32"
+        assert model.dtype_reason == (
+            "float32: auto on CPU; no bf16 matrix units here (AVX-512 BF16, AMX)"
+        )
+    asyncio.run(pool.close())

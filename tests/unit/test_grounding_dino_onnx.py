@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.artifacts import read_manifest
+from engines.artifacts import failed_gates, read_manifest
 from engines.base import LoadRequest, VariantSpec
 from engines.families.grounding_dino.export import EXPORT, PARITY_OPTIONS
 from engines.families.grounding_dino.family import GroundingDinoFamily
@@ -26,7 +26,7 @@ from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
-from export.parity import default_images, failed_gates
+from export.parity import default_images
 from tests.conftest import ASSETS
 
 PHOTOS = ("chelsea.jpg", "camera.png", "astronaut.png", "rocket.jpg")

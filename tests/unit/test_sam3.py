@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import inspect
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engines.base import VariantSpec
-from engines.errors import InvalidInputError
-from engines.families.sam3.family import Sam3Family
+from engines.base import ImageHandle, LoadRequest, VariantSpec
+from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from engines.families.sam3.embeddings import image_id
+from engines.families.sam3.family import Sam3Family, cache_budget_bytes
+from engines.families.sam3.options import Sam3EmbedOptions
 from engines.families.sam3.pipeline import Preprocessing, Sam3Pipeline
 from engines.families.sam3.tiny import write_tiny
 from engines.masks import FORMATS, decode_mask
@@ -433,3 +437,200 @@ def test_tiny_checkpoint_has_the_released_layout(checkpoint: Path) -> None:
         "cat</w>",
         "<|endoftext|>",
     ]
+
+
+# -- the image-embedding cache ----------------------------------------------------------------
+ENTRY_BYTES = 32 * (32 * 32 + 16 * 16 + 8 * 8) * 4  # the tiny model's three FPN levels, float32
+
+
+@pytest.fixture
+async def cached_pool(checkpoint: Path) -> AsyncIterator[ModelPool]:
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(
+        variants={"sam3": VariantTable("tiny", {"tiny": spec})},
+        image_cache_mb=1,
+        image_cache_ttl_s=120,
+    )
+    pool = ModelPool(default_registry(), config)
+    yield pool
+    await pool.close()
+
+
+@contextmanager
+def graph_calls(pipeline: Sam3Pipeline) -> Iterator[list[str]]:
+    """The graphs the core runs while the block runs, in order."""
+    calls: list[str] = []
+    run = pipeline.core.run
+
+    def spy(graph: str, inputs: dict[str, Any], host: bool = True) -> dict[str, Any]:
+        calls.append(graph)
+        return run(graph, inputs, host=host)
+
+    pipeline.core.run = spy  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        del pipeline.core.run
+
+
+async def test_the_same_image_with_new_prompts_skips_the_vision_encoder(
+    pool: ModelPool, cached_pool: ModelPool
+) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    image = photo("coffee.png")
+    first = Options(prompts=["cat", "person"], threshold=0.0)
+    second = Options(prompts=["a red dog", "rocket", "cup"], threshold=0.2)
+    with graph_calls(pipeline) as calls:
+        await cached_pool.infer("sam3", None, [image], first)
+    assert calls.count("vision") == 1
+    with graph_calls(pipeline) as calls:
+        # Another object with the same pixels: the key is the pixels, not the object.
+        (warm,) = (await cached_pool.infer("sam3", None, [image.copy()], second)).results
+    assert calls == ["text", "decoder"]
+    (cold,) = (await pool.infer("sam3", None, [image], second)).results  # no cache at all
+    assert warm == cold  # the cached embedding is exactly the one a cold run computes
+    stats = pipeline.cache_stats()
+    assert (stats.entries, stats.hits, stats.misses, stats.evictions) == (1, 1, 1, 0)
+    assert stats.bytes == ENTRY_BYTES and stats.budget_bytes == 2**20
+    assert (await pipeline_of(pool)).cache_stats().budget_bytes == 0  # PoolConfig: off
+
+
+async def test_only_images_not_cached_are_encoded_in_a_mixed_batch(cached_pool: ModelPool) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    images = [photo(name) for name in PHOTOS]
+    options = Options(threshold=0.0)
+    (alone,) = (await cached_pool.infer("sam3", None, [images[1]], options)).results
+    vision_rows: list[int] = []
+    encode = pipeline.encode_images
+
+    def counting(pixels: np.ndarray) -> list[Any]:
+        vision_rows.append(len(pixels))
+        return encode(pixels)
+
+    pipeline.encode_images = counting  # type: ignore[method-assign]
+    try:
+        outcome = await cached_pool.infer("sam3", None, images, options)
+    finally:
+        del pipeline.encode_images
+    assert vision_rows == [2]  # images 0 and 2; image 1 came from the cache
+    assert outcome.results[1] == alone
+    assert [(r["width"], r["height"]) for r in outcome.results] == [im.size for im in images]
+    # Each image of the batch was cached on its own: its id answers alone what it answered.
+    for image, result in zip(images, outcome.results, strict=True):
+        handle = ImageHandle(image_id(image, "tiny"))
+        assert (await cached_pool.infer("sam3", None, [handle], options)).results == [result]
+
+
+async def test_embed_answers_ids_that_stand_for_the_image(cached_pool: ModelPool) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    images = [photo("chelsea.jpg"), photo("camera.png")]
+    with graph_calls(pipeline) as calls:
+        embedded = await cached_pool.infer("sam3", None, images, Sam3EmbedOptions())
+    assert calls == ["vision"]  # both images in one call; nothing decoded
+    ids = [r["image_id"] for r in embedded.results]
+    assert ids == [image_id(image, "tiny") for image in images]
+    assert all(len(i) == 64 for i in ids)
+    assert all(r["expires_in_s"] == 120 for r in embedded.results)
+    assert image_id(images[0], "other") != ids[0]  # an id names one variant's embedding
+    options = Options(prompts=["cat", "sky"], threshold=0.1)
+    with graph_calls(pipeline) as calls:
+        by_id = await cached_pool.infer("sam3", None, [ImageHandle(i) for i in ids], options)
+    assert "vision" not in calls
+    by_pixels = await cached_pool.infer("sam3", None, images, options)
+    assert by_id.results == by_pixels.results
+    assert [(r["width"], r["height"]) for r in by_id.results] == [im.size for im in images]
+    again = await cached_pool.infer("sam3", None, images, Sam3EmbedOptions())
+    assert [r["image_id"] for r in again.results] == ids
+    stats = pipeline.cache_stats()
+    assert (stats.entries, stats.misses, stats.hits) == (2, 2, 6)
+
+
+async def test_an_unknown_or_evicted_id_is_not_found(checkpoint: Path) -> None:
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(
+        variants={"sam3": VariantTable("tiny", {"tiny": spec})},
+        image_cache_mb=1.5 * ENTRY_BYTES / 2**20,  # room for one embedding
+    )
+    pool = ModelPool(default_registry(), config)
+    try:
+        options = Options(prompts=["cat"])
+        with pytest.raises(NotFoundError, match=r"image_id 'f00' is not in the cache \(evicted"):
+            await pool.infer("sam3", None, [ImageHandle("f00")], options)
+        first, second = photo("chelsea.jpg"), photo("rocket.jpg")
+        (kept,) = (await pool.infer("sam3", None, [first], Sam3EmbedOptions())).results
+        await pool.infer("sam3", None, [second], Sam3EmbedOptions())
+        with pytest.raises(NotFoundError, match="send the image again or POST /inference/sam3"):
+            await pool.infer("sam3", None, [ImageHandle(kept["image_id"])], options)
+        stats = (await pipeline_of(pool)).cache_stats()
+        assert (stats.entries, stats.evictions, stats.bytes) == (1, 1, ENTRY_BYTES)
+        # Two embeddings that cannot both stay are refused, not answered with a dead id.
+        with pytest.raises(PayloadTooLargeError, match="did not stay in SAM3's embedding cache"):
+            await pool.infer("sam3", None, [first, second], Sam3EmbedOptions())
+    finally:
+        await pool.close()
+
+
+async def test_with_no_budget_nothing_is_kept(pool: ModelPool) -> None:
+    pipeline = await pipeline_of(pool)
+    image = photo("chelsea.jpg")
+    with graph_calls(pipeline) as calls:
+        for _ in range(2):
+            await pool.infer("sam3", None, [image], Options())
+    assert calls.count("vision") == 2
+    with pytest.raises(PayloadTooLargeError, match=r"\(0 MiB, the sam3_cache_mb setting\)"):
+        await pool.infer("sam3", None, [image], Sam3EmbedOptions())
+    stats = pipeline.cache_stats()
+    assert (stats.entries, stats.bytes, stats.budget_bytes) == (0, 0, 0)
+
+
+async def test_entries_hold_hidden_states_on_the_device_and_share_positions(
+    cached_pool: ModelPool,
+) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    images = [photo("chelsea.jpg"), photo("astronaut.png")]
+    await cached_pool.infer("sam3", None, images, Sam3EmbedOptions())
+    entries = [pipeline.cache.get(image_id(image, "tiny")) for image in images]
+    assert all(e is not None for e in entries)
+    first, second = entries
+    assert first is not None and second is not None
+    assert set(first.hidden) == set(pipeline.hidden_names)
+    assert all(isinstance(t, torch.Tensor) and t.shape[0] == 1 for t in first.hidden.values())
+    assert first.nbytes == ENTRY_BYTES
+    # Batched slices were copied: each entry owns exactly its bytes.
+    assert all(t.untyped_storage().nbytes() == t.nbytes for t in first.hidden.values())
+    assert first.positions is second.positions
+    # What makes sharing them right: the encoder gives every image the same positions.
+    pixels = np.stack([pipeline.prepare(photo("rocket.jpg"), Options()).arrays["pixel_values"]])
+    (fresh,) = pipeline.encode_images(pixels)
+    for name in pipeline.position_names:
+        assert torch.equal(fresh[name], first.positions[name])
+
+
+async def test_unloading_releases_the_embeddings(cached_pool: ModelPool) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    image = photo("chelsea.jpg")
+    await cached_pool.infer("sam3", None, [image], Sam3EmbedOptions())
+    entry = pipeline.cache.get(image_id(image, "tiny"))
+    assert entry is not None
+    tensors = [weakref.ref(t) for t in entry.hidden.values()]
+    del entry, pipeline
+    await cached_pool.unload("sam3")
+    assert all(ref() is None for ref in tensors)
+
+
+async def test_an_image_id_for_a_model_without_a_cache_is_invalid(pool: ModelPool) -> None:
+    with pytest.raises(InvalidInputError, match="dinov3 takes images, not image_id items; only"):
+        await pool.infer("dinov3", None, [ImageHandle("abc")], None)
+
+
+def test_the_default_budget_depends_on_the_device() -> None:
+    spec = VariantSpec("sam3", "facebook/sam3")
+    auto = {
+        device: cache_budget_bytes(LoadRequest(spec, device, "float32", 1, image_cache_mb=None))
+        for device in ("cpu", "cuda:0")
+    }
+    assert auto == {"cpu": 2048 * 2**20, "cuda:0": 1024 * 2**20}
+    assert cache_budget_bytes(LoadRequest(spec, "cpu", "float32", 1)) == 0  # off unless asked
+    assert cache_budget_bytes(LoadRequest(spec, "cpu", "float32", 1, image_cache_mb=1.5)) == (
+        3 * 2**19
+    )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.artifacts import read_manifest, write_manifest
+from engines.artifacts import failed_gates, read_manifest, write_manifest
 from engines.base import LoadRequest, VariantSpec
 from engines.families.sam3.export import EXPORT, PARITY_OPTIONS
 from engines.families.sam3.family import Sam3Family
@@ -22,7 +22,7 @@ from engines.onnx_runtime import OrtCore, OrtOptions
 from engines.pool import ModelPool, PoolConfig
 from engines.registry import VariantTable, default_registry
 from export.onnx_export import ExportOptions, export_variant
-from export.parity import default_images, failed_gates
+from export.parity import default_images
 from tests.conftest import ASSETS
 
 # pycocotools' decode trips a numpy 2 DeprecationWarning inside its own code.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import FamilyExport, OnnxGraph, Pipeline
+from engines.families.depth_anything.compare import depth_metrics
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.pipeline import DA3_PROCESS_RES, DepthAnythingPipeline
 
@@ -25,12 +26,6 @@ class ParityOptions(DepthAnythingOptions, kw_only=True, forbid_unknown_fields=Tr
     """
 
     sky_rule: bool = False
-
-
-def rel_l2(reference: Any, candidate: Any) -> float:
-    """Relative L2 error ``|candidate - reference| / |reference|``, in float64."""
-    x, y = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    return float(np.linalg.norm(x - y) / max(float(np.linalg.norm(x)), 1e-30))
 
 
 class DepthAnythingExport(FamilyExport):
@@ -80,20 +75,7 @@ class DepthAnythingExport(FamilyExport):
         self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
     ) -> dict[str, float]:
         """Worst relative L2 error of the depth maps, of intrinsics and of mean confidence."""
-        depth, intrinsics, confidence = [], [], []
-        for ref, cand in zip(reference, candidate, strict=True):
-            depth.append(rel_l2(ref["depth"], cand["depth"]))
-            if "intrinsics" in ref:
-                intrinsics.append(rel_l2(ref["intrinsics"], cand["intrinsics"]))
-            if "confidence" in ref:
-                mean = ref["confidence"]["mean"]
-                confidence.append(abs(cand["confidence"]["mean"] - mean) / max(abs(mean), 1e-30))
-        metrics = {"depth_rel_l2_max": max(depth)}
-        if intrinsics:
-            metrics["intrinsics_rel_max"] = max(intrinsics)
-        if confidence:
-            metrics["confidence_mean_rel_max"] = max(confidence)
-        return metrics
+        return depth_metrics(reference, candidate)
 
 
 EXPORT = DepthAnythingExport()

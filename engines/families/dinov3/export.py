@@ -8,14 +8,9 @@ from typing import Any
 import numpy as np
 
 from engines.base import FamilyExport, OnnxGraph, Pipeline
+from engines.families.dinov3.compare import embedding_metrics
 from engines.families.dinov3.options import Dinov3Options
 from engines.families.dinov3.pipeline import Dinov3Pipeline
-
-
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity of two vectors, in float64."""
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(x @ y / max(float(np.linalg.norm(x) * np.linalg.norm(y)), 1e-30))
 
 
 class Dinov3Export(FamilyExport):
@@ -56,18 +51,7 @@ class Dinov3Export(FamilyExport):
         self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
     ) -> dict[str, float]:
         """Smallest cosine similarity of embeddings and of patch features."""
-        embedding, patch_mean, patch_min = [], [], []
-        for ref, cand in zip(reference, candidate, strict=True):
-            embedding.append(cosine(ref["embedding"], cand["embedding"]))
-            ref_p, cand_p = ref["patch_features"]["data"], cand["patch_features"]["data"]
-            cosines = [cosine(a, b) for a, b in zip(ref_p, cand_p, strict=True)]
-            patch_mean.append(float(np.mean(cosines)))
-            patch_min.append(min(cosines))
-        return {
-            "embedding_cosine_min": min(embedding),
-            "patch_cosine_mean_min": min(patch_mean),
-            "patch_cosine_min": min(patch_min),
-        }
+        return embedding_metrics(reference, candidate)
 
 
 EXPORT = Dinov3Export()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from engines.base import Family, LoadRequest, VariantSpec
@@ -9,6 +10,7 @@ from engines.checkpoints import resolve_checkpoint
 from engines.families.grounding_dino.images import load_preprocessing
 from engines.families.grounding_dino.options import GroundingDinoOptions
 from engines.families.grounding_dino.pipeline import GroundingDinoPipeline
+from engines.families.grounding_dino.text import encode_prompts
 
 MM_LICENSE = "Apache-2.0 (MMDetection; see model card)"
 MM_HUB = "openmmlab-community/mm_grounding_dino_{}"
@@ -41,6 +43,16 @@ class GroundingDinoFamily(Family):
     default_variant = "tiny"
     variants = VARIANTS
     options_type = GroundingDinoOptions
+    # On CPU a batch costs more per image than single forwards (padding to the largest image,
+    # and the fusion layers' cost grows with it): one image per forward there.
+    max_batch_size = {"cpu": 1, "cuda": 8}
+
+    def check_options(
+        self, spec: VariantSpec, hf_token: str | None, options: GroundingDinoOptions
+    ) -> None:
+        """The prompts fit the checkpoint's text length (its tokenizer, not the model)."""
+        tokenizer, max_text_len = checkpoint_tokenizer(spec.source, hf_token)
+        encode_prompts(options.prompts, tokenizer, max_text_len)
 
     def load_torch(self, request: LoadRequest) -> GroundingDinoPipeline:
         """Load with ``AutoModelForZeroShotObjectDetection`` and the checkpoint's tokenizer.
@@ -106,3 +118,12 @@ class GroundingDinoFamily(Family):
             pad_batches=request.device.startswith("cuda"),
             checkpoint_dir=path,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def checkpoint_tokenizer(source: str, hf_token: str | None) -> tuple[Any, int]:
+    """A checkpoint's tokenizer and text length, read once (no weights are read)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_checkpoint(source, hf_token, allow_patterns=["*.json", "*.txt"])
+    return AutoTokenizer.from_pretrained(path), int(AutoConfig.from_pretrained(path).max_text_len)

@@ -47,3 +47,12 @@ class Sam3Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "[[x0, y0, x1, y1, ...], ...]; png: base64 of a single-channel PNG (0/255)."
         ),
     ] = "dense"
+
+
+class Sam3EmbedOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Encode each image once and keep its embedding for later requests by ``image_id``.
+
+    No fields: an embedding depends only on the image and the variant. Passed as the options of
+    a pool run, it makes :class:`~engines.families.sam3.pipeline.Sam3Pipeline` return each
+    image's id instead of segmenting it.
+    """

@@ -3,8 +3,11 @@
 The core has three graphs, ``vision`` (pixel_values → the FPN levels the detector reads),
 ``text`` (token ids → projected text features) and ``decoder`` (one row per prompt: image
 levels + text features → masks, boxes, logits, presence), so work grows with prompts only by
-the decoder's cost and an image-embedding cache can sit between :meth:`Sam3Pipeline.encode_images`
-and :meth:`Sam3Pipeline.decode`.
+the decoder's cost, and an image-embedding cache sits between :meth:`Sam3Pipeline.encode_images`
+and :meth:`Sam3Pipeline.decode`: an image seen before (same decoded pixels, same variant) or
+named by its ``image_id`` skips the vision encoder (``embeddings.py``). The cache holds the
+embeddings where the core computed them (the GPU), bounded by bytes, least recently used out
+first, each dropped ``cache_ttl_s`` after its last use.
 
 Pre-processing follows the checkpoint's ``preprocessor_config.json`` (released: 1008×1008
 without keeping the aspect ratio, 1/255, mean = std = 0.5). Post-processing is transformers'
@@ -27,9 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engines.base import Arrays, Pipeline, Prepared, to_host
-from engines.errors import InvalidInputError
-from engines.families.sam3.options import Sam3Options
+from engines.base import Arrays, CacheStats, ImageHandle, Pipeline, Prepared, to_host
+from engines.cache import LruCache
+from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from engines.families.sam3.embeddings import Embedding, image_id, owned
+from engines.families.sam3.options import Sam3EmbedOptions, Sam3Options
 from engines.images import image_to_chw_float, released_preprocessing, resize_normalize
 from engines.masks import encode_mask
 
@@ -189,6 +194,10 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
       plus ``text_features`` and ``attention_mask`` → ``pred_masks`` (P, Q, h, w) logits,
       ``pred_boxes`` (P, Q, 4) xyxy in [0, 1], ``pred_logits`` (P, Q), ``presence_logits``
       (P, 1).
+
+    With :class:`Sam3EmbedOptions` a run only encodes (or finds) each image's embedding and
+    answers its ``image_id``; an :class:`ImageHandle` in place of an image is resolved from the
+    cache. ``cache_budget_bytes=0`` (the default) keeps no embeddings.
     """
 
     def __init__(
@@ -202,38 +211,113 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         images_per_call: int = IMAGES_PER_CALL,
         warmup_vision: bool = True,
         checkpoint_dir: Path | None = None,
+        variant: str = "",
+        cache_budget_bytes: int = 0,
+        cache_ttl_s: float = 600.0,
     ) -> None:
         super().__init__(core, checkpoint_dir)
         self.preprocessing = preprocessing
         self.tokenizer = tokenizer
         self.vision_names = vision_output_names(levels)
+        self.hidden_names = self.vision_names[:levels]
+        self.position_names = self.vision_names[levels:]
         self.prompts_per_call = prompts_per_call
         self.images_per_call = images_per_call
         self.warmup_vision = warmup_vision
+        self.variant = variant
+        self.cache: LruCache[str, Embedding] = LruCache(cache_budget_bytes, cache_ttl_s)
+        # The position encodings every embedding shares (see embeddings.py), once computed.
+        self._positions: dict[str, Any] | None = None
 
     # -- the Pipeline contract -------------------------------------------------------------
-    def prepare(self, image: Image.Image, options: Sam3Options) -> Prepared:
-        """Tokenise the prompts (once per request) and pre-process the image.
+    def prepare(
+        self, image: Image.Image | ImageHandle, options: Sam3Options | Sam3EmbedOptions
+    ) -> Prepared:
+        """Tokenise the prompts (once per request); find the image's embedding or pre-process it.
+
+        A cached embedding (same pixels, or the handle's id) goes into ``extra["embedding"]``
+        and the image needs no pixels; otherwise ``arrays["pixel_values"]`` is the image
+        pre-processed for the vision encoder.
 
         Raises:
             InvalidInputError: A prompt is too long for the checkpoint's text encoder (or blank).
+            NotFoundError: An image handle whose embedding is not (or no longer) in the cache.
 
         """
-        tokens = self.tokenizer(options.prompts)
+        extra: dict[str, Any] = {}
+        if not isinstance(options, Sam3EmbedOptions):
+            extra["tokens"] = self.tokenizer(options.prompts)
+        if isinstance(image, ImageHandle):
+            embedding = self.cache.get(image.image_id)
+            if embedding is None:
+                raise NotFoundError(
+                    f"image_id {image.image_id!r} is not in the cache (evicted or never "
+                    "embedded); send the image again or POST /inference/sam3/embed."
+                )
+            extra.update(image_id=image.image_id, embedding=embedding)
+            return Prepared({}, embedding.width, embedding.height, extra)
+        if self.cache.budget_bytes or isinstance(options, Sam3EmbedOptions):
+            extra["image_id"] = image_id(image, self.variant)
+            embedding = self.cache.get(extra["image_id"])
+            if embedding is not None:
+                extra["embedding"] = embedding
+                return Prepared({}, image.width, image.height, extra)
         pixels = self.preprocessing(image)
-        return Prepared({"pixel_values": pixels}, image.width, image.height, {"tokens": tokens})
+        return Prepared({"pixel_values": pixels}, image.width, image.height, extra)
 
-    def forward(self, batch: Sequence[Prepared], options: Sam3Options) -> list[Detections]:
-        """Encode the images and the prompts once each, then decode every (image, prompt) pair."""
-        tokens: Tokens = batch[0].extra["tokens"]
-        text = self.encode_text(tokens)
-        embeddings = self.encode_images(np.stack([p.arrays["pixel_values"] for p in batch]))
+    def forward(
+        self, batch: Sequence[Prepared], options: Sam3Options | Sam3EmbedOptions
+    ) -> list[Any]:
+        """Encode the images not in the cache, then decode every (image, prompt) pair.
+
+        The prompts are encoded once for the batch. With :class:`Sam3EmbedOptions` nothing is
+        decoded: each image's raw output is its ``image_id``.
+        """
+        if isinstance(options, Sam3EmbedOptions):
+            self.embeddings(batch)
+            return [p.extra["image_id"] for p in batch]
+        text = self.encode_text(batch[0].extra["tokens"])
+        embeddings = self.embeddings(batch)
         return [self.decode(embedding, text, options.threshold) for embedding in embeddings]
 
     def postprocess(
+        self, raw: Any, prepared: Prepared, options: Sam3Options | Sam3EmbedOptions
+    ) -> dict[str, Any]:
+        """Resize and binarise the kept masks, scale the boxes, sort by score.
+
+        For :class:`Sam3EmbedOptions`, the image's ``image_id`` and ``expires_in_s``.
+
+        Raises:
+            PayloadTooLargeError: An embedding did not stay in the cache until the answer (it
+                is larger than the budget, or the request's embeddings do not fit together).
+        """
+        if isinstance(options, Sam3EmbedOptions):
+            return self._embedded(raw)
+        return self._instances(raw, prepared, options)
+
+    def cache_stats(self) -> CacheStats:
+        """The embedding cache's counters (``/models/status``)."""
+        return self.cache.stats()
+
+    def close(self) -> None:
+        """Drop the cached embeddings (device memory), then release the core."""
+        self.cache.clear()
+        self._positions = None
+        super().close()
+
+    def _embedded(self, key: str) -> dict[str, Any]:
+        if key not in self.cache:
+            budget = self.cache.budget_bytes / 2**20
+            raise PayloadTooLargeError(
+                f"The embedding of image_id {key!r} did not stay in SAM3's embedding cache "
+                f"({budget:.0f} MiB, the sam3_cache_mb setting): embed fewer images at once, or "
+                "raise the budget."
+            )
+        return {"image_id": key, "expires_in_s": self.cache.ttl_s}
+
+    def _instances(
         self, raw: Detections, prepared: Prepared, options: Sam3Options
     ) -> dict[str, Any]:
-        """Resize and binarise the kept masks, scale the boxes, sort by score."""
         import torch
         import torch.nn.functional as F
 
@@ -263,15 +347,45 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         return {"width": width, "height": height, "instances": instances}
 
     def warmup(self) -> None:
-        """Run the text path, and the image path unless it would only cost time (CPU)."""
-        options = Sam3Options(prompts=["object"])
-        prepared = self.prepare(Image.new("RGB", (64, 64)), options)
-        if self.warmup_vision:
-            self.forward([prepared], options)
-        else:
-            self.encode_text(prepared.extra["tokens"])
+        """Run the text path, and the image path unless it would only cost time (CPU).
 
-    # -- the steps, separately callable (for an embedding cache) ----------------------------
+        The warm-up image bypasses the cache (it has no ``image_id``).
+        """
+        options = Sam3Options(prompts=["object"])
+        tokens = self.tokenizer(options.prompts)
+        if self.warmup_vision:
+            pixels = self.preprocessing(Image.new("RGB", (64, 64)))
+            self.forward([Prepared({"pixel_values": pixels}, 64, 64, {"tokens": tokens})], options)
+        else:
+            self.encode_text(tokens)
+
+    # -- the steps, separately callable -----------------------------------------------------
+    def embeddings(self, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Each image's vision outputs, as the decoder reads them.
+
+        Images :meth:`prepare` found in the cache take theirs from it; the others are encoded
+        now, in one vision call, and stored under their ``image_id`` when they have one.
+        """
+        cached: list[Embedding | None] = [p.extra.get("embedding") for p in batch]
+        outputs = [None if e is None else e.arrays for e in cached]
+        missing = [i for i, out in enumerate(outputs) if out is None]
+        if missing:
+            pixels = np.stack([batch[i].arrays["pixel_values"] for i in missing])
+            for i, out in zip(missing, self.encode_images(pixels), strict=True):
+                outputs[i] = out
+                if batch[i].extra.get("image_id") is not None:
+                    self._store(batch[i], out, copy=len(missing) > 1)
+        return [out for out in outputs if out is not None]
+
+    def _store(self, prepared: Prepared, outputs: dict[str, Any], *, copy: bool) -> None:
+        """Cache one image's hidden states (the position encodings are kept once)."""
+        if self._positions is None:
+            self._positions = {n: owned(outputs[n]) for n in self.position_names}
+        # One image's slice of a batched output is a view of the whole batch: cache a copy.
+        hidden = {n: owned(outputs[n]) if copy else outputs[n] for n in self.hidden_names}
+        embedding = Embedding(hidden, self._positions, prepared.width, prepared.height)
+        self.cache.put(prepared.extra["image_id"], embedding, embedding.nbytes)
+
     def encode_images(self, pixel_values: np.ndarray) -> list[Arrays]:
         """Run the vision graph on (B, 3, H, W) pixels; one embedding dict per image."""
         embeddings: list[Arrays] = []

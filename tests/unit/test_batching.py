@@ -1,0 +1,155 @@
+"""Dynamic batching in the pool, driven by the gate family (a forward that waits on an event)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from engines.batching import options_key
+from engines.errors import InferenceError
+from engines.pool import ModelPool, PoolConfig
+from tests.fakes import POISON_WIDTH, GateFamily, GateOptions, gate_registry
+
+
+def image(value: int, width: int = 4) -> Image.Image:
+    return Image.new("L", (width, 4), value)
+
+
+@dataclass
+class Tagged:
+    tag: str
+
+
+async def loaded_pool(family: GateFamily, **config: object) -> ModelPool:
+    pool = ModelPool(gate_registry(family), PoolConfig(**config))  # type: ignore[arg-type]
+    await pool.load("gate")
+    return pool
+
+
+async def blocked_first(pool: ModelPool, family: GateFamily) -> asyncio.Task:
+    """A request whose forward is running (held at the gate), so the next ones queue."""
+    family.gate.clear()
+    first = asyncio.create_task(pool.infer("gate", None, [image(0)], None))
+    await asyncio.sleep(0.2)
+    return first
+
+
+def batch_sizes(pool: ModelPool) -> dict[str, int]:
+    (entry,) = [e for e in pool.status() if e["loaded"]]
+    return entry["batch_sizes"]
+
+
+async def test_requests_queued_during_a_forward_share_the_next_one() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    first = await blocked_first(pool, family)
+    queued = [asyncio.create_task(pool.infer("gate", None, [image(v)], None)) for v in (1, 2, 3)]
+    await asyncio.sleep(0.1)
+    family.gate.set()
+    assert (await first).results[0]["batch"] == 1
+    outcomes = await asyncio.gather(*queued)
+    # each request gets its own image's result, from one shared forward of three
+    assert [o.results[0]["sum"] for o in outcomes] == [16.0, 32.0, 48.0]
+    assert [o.results[0]["batch"] for o in outcomes] == [3, 3, 3]
+    assert batch_sizes(pool) == {"1": 1, "3": 1}  # warm-up does not go through the batcher
+    await pool.close()
+
+
+async def test_batches_stop_at_max_batch_size() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=2)
+    first = await blocked_first(pool, family)
+    queued = [asyncio.create_task(pool.infer("gate", None, [image(v)], None)) for v in (1, 2, 3)]
+    await asyncio.sleep(0.1)
+    family.gate.set()
+    await first
+    assert [o.results[0]["batch"] for o in await asyncio.gather(*queued)] == [2, 2, 1]
+    await pool.close()
+
+
+async def test_only_equal_shapes_and_options_share_a_forward() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    first = await blocked_first(pool, family)
+    requests = [
+        pool.infer("gate", None, [image(1)], Tagged("a")),
+        pool.infer("gate", None, [image(2, width=6)], Tagged("a")),  # another shape
+        pool.infer("gate", None, [image(3)], Tagged("b")),  # other options
+        pool.infer("gate", None, [image(4)], Tagged("a")),
+    ]
+    queued = [asyncio.create_task(r) for r in requests]
+    await asyncio.sleep(0.1)
+    family.gate.set()
+    await first
+    outcomes = await asyncio.gather(*queued)
+    assert [o.results[0]["batch"] for o in outcomes] == [2, 1, 1, 2]
+    assert [o.results[0]["sum"] for o in outcomes] == [16.0, 48.0, 48.0, 64.0]
+    await pool.close()
+
+
+async def test_a_poisoned_image_does_not_fail_its_batch_mates() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    first = await blocked_first(pool, family)
+    mates = [asyncio.create_task(pool.infer("gate", None, [image(v)], None)) for v in (1, 2)]
+    bad = asyncio.create_task(pool.infer("gate", None, [image(9, POISON_WIDTH)], None))
+    await asyncio.sleep(0.1)
+    family.gate.set()
+    await first
+    assert [o.results[0]["sum"] for o in await asyncio.gather(*mates)] == [16.0, 32.0]
+    with pytest.raises(InferenceError, match="ValueError"):
+        await bad
+    await pool.close()
+
+
+async def test_a_delay_window_gathers_requests_that_arrive_apart() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8, max_batch_delay_ms=400)
+    a = asyncio.create_task(pool.infer("gate", None, [image(1)], None))
+    await asyncio.sleep(0.1)
+    b = asyncio.create_task(pool.infer("gate", None, [image(2)], None))
+    outcomes = await asyncio.gather(a, b)
+    assert [o.results[0]["batch"] for o in outcomes] == [2, 2]
+    await pool.close()
+
+
+async def test_one_request_with_many_images_keeps_its_order() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=3)
+    images = [image(v, width=4 + (v % 2) * 2) for v in range(1, 8)]
+    outcome = await pool.infer("gate", None, images, None)
+    assert [r["width"] for r in outcome.results] == [im.width for im in images]
+    assert [r["sum"] for r in outcome.results] == [
+        float(v * 4 * (4 + (v % 2) * 2)) for v in range(1, 8)
+    ]
+    await pool.close()
+
+
+def test_options_keys_ignore_the_request_only_fields() -> None:
+    from tests.fakes import GateRequest
+
+    a = GateRequest(images=["x"], variant="one")
+    b = GateRequest(images=["y", "z"], variant=None)
+    assert options_key(a) == options_key(b) != options_key(GateOptions())
+    assert options_key(Tagged("a")) == options_key(Tagged("a")) != options_key(Tagged("b"))
+    assert options_key(object()) != options_key(object())
+
+
+async def test_limits_come_from_the_model_then_the_runtime_then_the_family() -> None:
+    family = GateFamily()
+    pool = ModelPool(gate_registry(family), PoolConfig())
+    assert pool.batch_limits(family, "cpu").max_batch_size == 8
+    assert pool.batch_limits(family, "cuda:0").max_batch_size == 32
+    assert pool.batch_limits(family, "cuda:0").max_delay_s == pytest.approx(0.002)
+    pool = ModelPool(gate_registry(family), PoolConfig(max_batch_size=4, max_batch_delay_ms=5))
+    assert (
+        pool.batch_limits(family, "cpu").max_batch_size,
+        pool.batch_limits(family, "cpu").max_delay_s,
+    ) == (4, 0.005)
+    config = PoolConfig(max_batch_size=4, batch_limits={"gate": (2, None)})
+    pool = ModelPool(gate_registry(family), config)
+    assert pool.batch_limits(family, "cpu").max_batch_size == 2
+    await pool.close()
