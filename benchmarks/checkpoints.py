@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -79,9 +80,10 @@ def sam3_full(directory: Path) -> str:
     tokenizer = tiny_tokenizer()
     config = Sam3Config()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config.text_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|startoftext|>")
-    config.text_config.eos_token_id = eos
-    config.text_config.pad_token_id = eos
+    text_config: Any = config.text_config
+    text_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    text_config.eos_token_id = eos
+    text_config.pad_token_id = eos
     torch.manual_seed(0)
     Sam3Model(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

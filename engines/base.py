@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
 import numpy as np
 from PIL import Image
 
@@ -63,9 +64,8 @@ class LoadRequest:
     image_cache_ttl_s: float = 600.0
 
 
-@dataclass(frozen=True)
-class CacheStats:
-    """What a pipeline's cache holds and how it has served.
+class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pipeline's cache holds and how it has served (``/models/status``'s ``cache``).
 
     Attributes:
         entries: Items held now.

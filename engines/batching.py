@@ -85,11 +85,14 @@ class Batcher:
         forward: The pipeline's ``forward(batch, options) -> raw outputs``.
         run: Runs ``forward`` off the event loop (the pool's compute executor) and awaits it.
         limits: Batch size and delay.
+        on_batch: Called with each forward's image count as the batch is formed (an observer,
+            e.g. the service's metrics); its errors are logged, never raised into the batch.
     """
 
     forward: Forward
     run: RunForward
     limits: BatchLimits
+    on_batch: Callable[[int], None] | None = None
     sizes: Counter[int] = field(default_factory=Counter)
     _queue: deque[_Item] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -168,6 +171,11 @@ class Batcher:
         if not batch:
             return
         self.sizes[len(batch)] += 1
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch))
+            except Exception:
+                log.exception("the batch observer failed")
         try:
             outputs = await self.run(self.forward, [i.prepared for i in batch], batch[0].options)
         except asyncio.CancelledError:

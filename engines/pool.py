@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import functools
 import logging
 import os
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 from PIL import Image
 
 from engines.base import CacheStats, Family, ImageHandle, Pipeline, Prepared, VariantSpec
@@ -72,6 +72,8 @@ class PoolConfig:
             embeddings): 0 (the default here) keeps none, None the family's default for the
             device. The server's settings turn it on.
         image_cache_ttl_s: Seconds an unused entry of that cache is kept.
+        max_in_flight_per_model: Requests one loaded model takes at once; beyond it
+            :meth:`ModelPool.run` refuses at once (503) rather than queueing without bound.
     """
 
     device: str = "auto"
@@ -94,6 +96,20 @@ class PoolConfig:
     variants: dict[str, VariantTable] = field(default_factory=dict)
     image_cache_mb: float | None = 0.0
     image_cache_ttl_s: float = 600.0
+    max_in_flight_per_model: int | None = 64
+
+
+@dataclass
+class PoolObserver:
+    """Callbacks the service hooks in to watch the pool (metrics); engines know none of them.
+
+    Attributes:
+        on_batch: ``(model_type, variant, images)`` after each core forward is formed.
+        on_load: ``(model_type, variant, engine, seconds)`` after a model loaded and warmed up.
+    """
+
+    on_batch: Callable[[str, str, int], None] | None = None
+    on_load: Callable[[str, str, str, float], None] | None = None
 
 
 @dataclass
@@ -178,6 +194,7 @@ class ModelPool:
                 image_cache_ttl_s=config.image_cache_ttl_s,
             )
         )
+        self.observer = PoolObserver()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._budget_lock = asyncio.Lock()
@@ -279,6 +296,7 @@ class ModelPool:
         pinned: bool,
     ) -> LoadedModel:
         """Load, warm up and register a model (the caller holds the model's lock)."""
+        started = time.perf_counter()
         loaded = await self._run(
             self._cpu,
             functools.partial(self.loader.load, warm=False),
@@ -313,9 +331,17 @@ class ModelPool:
             forward=loaded.pipeline.forward,
             run=functools.partial(self._forward, resident),
             limits=self.batch_limits(family, target_device),
+            on_batch=functools.partial(self._batch_formed, resident),
         )
         self._models[model.key] = resident
+        if self.observer.on_load is not None:
+            on_load = self.observer.on_load
+            on_load(model.model_type, model.spec.name, loaded.engine, time.perf_counter() - started)
         return resident
+
+    def _batch_formed(self, model: LoadedModel, size: int) -> None:
+        if self.observer.on_batch is not None:
+            self.observer.on_batch(model.model_type, model.variant, size)
 
     async def unload(self, model_type: str, variant: str | None = None) -> list[tuple[str, str]]:
         """Unload one variant, or every loaded variant of the type; returns what was unloaded."""
@@ -459,6 +485,8 @@ class ModelPool:
         Raises:
             InvalidInputError: An image handle for a family that takes only pixels.
             ModelNotLoadedError: Lazy loading is off and the model is not loaded.
+            UnavailableError: ``max_in_flight_per_model`` requests are already running on the
+                model (503 with Retry-After: bounded work instead of an unbounded queue).
         """
         if any(isinstance(i, ImageHandle) for i in images):
             if not self.registry.get(resolved.model_type).accepts_image_ids:
@@ -474,6 +502,13 @@ class ModelPool:
                     f"Model {resolved.model_type} not loaded. POST /models/load first."
                 )
             model = await self.load_resolved(resolved)
+        limit = self.config.max_in_flight_per_model
+        if limit is not None and model.in_flight >= limit:
+            raise UnavailableError(
+                f"{resolved.label} is busy: {model.in_flight} requests in flight (limit "
+                f"{limit}, max_in_flight_per_model); retry shortly.",
+                retry_after_s=1,
+            )
         model.in_flight += 1
         model.idle.clear()
         try:
@@ -595,4 +630,4 @@ def _status_entry(
 
 
 def _as_dict(stats: CacheStats | None) -> dict[str, int] | None:
-    return None if stats is None else dataclasses.asdict(stats)
+    return None if stats is None else msgspec.structs.asdict(stats)

@@ -18,15 +18,18 @@ from service.endpoints import discover_endpoints
 from service.errors import EXCEPTION_HANDLERS
 from service.inference import InferenceService
 from service.jobs.base import JobBackend
+from service.lifecycle import Lifecycle
+from service.metrics import Metrics
 from service.request_ids import configure_logging, request_id_middleware
 from service.routes.inference import inference_router
 from service.routes.jobs import jobs_router
 from service.routes.models import ModelsController
 from service.routes.sam3 import sam3_embed
-from service.routes.system import health, redoc, root, swagger_ui
+from service.routes.system import health, live, metrics, ready, redoc, root, swagger_ui
 from service.schemas.common import Endpoint
+from service.security import SecurityPlugin
 from service.settings import Settings
-from service.wiring import build_inference, build_pool, preload
+from service.wiring import build_inference, build_pool
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +61,22 @@ def create_app(
     inference = build_inference(settings, pool, discover_endpoints(pool.registry, endpoints))
     jobs = build_jobs(settings, inference)
     served = list(inference.endpoints.values())
+    observed = Metrics(pool, jobs)
+    lifecycle = Lifecycle(settings, pool, jobs, observed)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.started_at = time.monotonic()
-        await preload(settings, pool)
-        await jobs.start()
-        try:
+        async with lifecycle.serving():  # preload in the background, graceful shutdown
             yield
-        finally:
-            await jobs.close()
-            await pool.close()
 
     return Litestar(
         route_handlers=[
             root,
             health,
+            live,
+            ready,
+            metrics,
             swagger_ui,
             redoc,
             ModelsController,
@@ -81,15 +84,18 @@ def create_app(
             sam3_embed,
             jobs_router(served),
         ],
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, lifecycle.middleware, observed.middleware],
         logging_config=None,  # configure_logging's format (with the request id) stays
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "pool": Provide(lambda: pool, use_cache=True, sync_to_thread=False),
             "inference": Provide(lambda: inference, use_cache=True, sync_to_thread=False),
             "jobs": Provide(lambda: jobs, use_cache=True, sync_to_thread=False),
+            "lifecycle": Provide(lambda: lifecycle, use_cache=True, sync_to_thread=False),
+            "metrics": Provide(lambda: observed, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        plugins=[SecurityPlugin(settings)],  # API keys, rate limit, CORS
         lifespan=[lifespan],
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         openapi_config=OpenAPIConfig(
@@ -106,5 +112,6 @@ def create_app(
 
 def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory service.app:app_from_env`` (reads ``VISION_API_*``)."""
-    configure_logging()
-    return create_app()
+    settings = Settings.load()
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    return create_app(settings)

@@ -77,6 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=workers if not args.reload else 1,
         reload=args.reload,
         log_level=server.log_level,
+        # uvicorn waits for in-flight requests before the app's shutdown runs: bound it too.
+        timeout_graceful_shutdown=int(server.shutdown_grace_s) or None,
     )
     return 0
 

@@ -32,6 +32,11 @@ URL_PREFIX = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 # What an image_id item's "bytes" start with on the job queue. No image format begins with a
 # NUL and this text, and client bytes are never read as an id (only queue bytes are).
 IMAGE_ID_PREFIX = b"\0vision-api:image-id:"
+# The formats the API documents, and only these reach a decoder: EPS and PDF would hand the
+# bytes to Ghostscript where it is installed, SVG is not a raster, and the dozens of other
+# formats Pillow reads are attack surface nobody asked for. (JPEG includes the multi-picture
+# JPEGs of phone cameras: Pillow's JPEG opener hands them to its MPO reader.)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class ImageDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image: Image.Image = Image.open(io.BytesIO(data))
+                image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
                 pixels = image.width * image.height
                 if pixels > self.max_pixels:
                     raise PayloadTooLargeError(
@@ -127,18 +132,29 @@ class ImageDecoder:
                 image.load()
                 image = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb(image)
-        except (
-            UnidentifiedImageError,
-            OSError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,
-        ) as exc:
-            raise InvalidInputError(
-                f"images[{index}]: not a decodable image ({type(exc).__name__}); "
-                "send JPEG, PNG, WebP, BMP, TIFF or GIF bytes."
+        except Image.DecompressionBombError:
+            # Pillow's own ceiling (2 x MAX_IMAGE_PIXELS), checked while opening: far over ours.
+            raise PayloadTooLargeError(
+                f"images[{index}]: the image declares more pixels than the limit of "
+                f"{self.max_pixels} (a decompression bomb?)."
             ) from None
+        except ValueError as exc:
+            if "too large" in str(exc).lower():  # a PNG text/ICC chunk that inflates too far
+                raise PayloadTooLargeError(
+                    f"images[{index}]: a compressed part of the image inflates beyond the "
+                    "decoder's limit (a decompression bomb?)."
+                ) from None
+            raise self._undecodable(index, exc) from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise self._undecodable(index, exc) from None
         return DecodedImage(rgb, data)
+
+    @staticmethod
+    def _undecodable(index: int, exc: Exception) -> InvalidInputError:
+        return InvalidInputError(
+            f"images[{index}]: not a decodable image ({type(exc).__name__}); "
+            "send JPEG, PNG, WebP, BMP, TIFF or GIF bytes."
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

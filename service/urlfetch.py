@@ -22,6 +22,17 @@ from engines.errors import InvalidInputError, PayloadTooLargeError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REDIRECTS = {301, 302, 303, 307, 308}
+# IPv6 ranges that carry an IPv4 address to an IPv4 host: NAT64's well-known prefix (RFC 6052),
+# IPv4-compatible (deprecated) and IPv4-translated (SIIT) addresses. Python calls most of them
+# global, yet 64:ff9b::a00:1 reaches 10.0.0.1 through a NAT64 gateway (IPv6-only clusters).
+EMBEDS_IPV4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
+# RFC 8215's local-use NAT64 prefix: the operator chooses where the IPv4 address sits, so it
+# cannot be read back; refused unless allow-listed.
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,19 @@ class UrlPolicy:
         return cls(timeout_s, max_bytes, max_redirects, parsed)
 
     def allows(self, address: IPAddress) -> bool:
-        """Whether connecting to ``address`` is permitted."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        """Whether connecting to ``address`` is permitted.
+
+        An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64, ...) is judged by the
+        IPv4 host it reaches.
+        """
         if any(address in net for net in self.allowed_networks):
             return True
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = _embedded_ipv4(address)
+            if embedded is not None:
+                return self.allows(embedded)
+            if address in NAT64_LOCAL:
+                return False
         return address.is_global and not address.is_multicast
 
 
@@ -145,6 +164,19 @@ class UrlFetcher:
 
     def _too_large(self, url: httpx.URL) -> str:
         return f"Image at {url} is larger than {self.policy.max_bytes} bytes."
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 host an IPv6 address reaches, if it embeds one."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in net for net in EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def _parse(url: str) -> httpx.URL:

@@ -9,6 +9,7 @@ submitted to one replica can be polled, listed and deleted on any other. With
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import uuid
@@ -78,8 +79,12 @@ class RedisJobBackend(JobBackend):
         if self.settings.jobs.embedded_worker:
             self._embedded = asyncio.create_task(self._run_embedded(), name="embedded-arq-worker")
 
-    async def close(self) -> None:
-        """Stop the embedded worker (its running jobs go back on the queue), close the client."""
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop the embedded worker, close the client.
+
+        The embedded worker's running jobs go back on the queue at once (arq's retry on
+        cancellation), whatever ``grace_s``: another worker runs them again.
+        """
         if self._embedded is not None:
             self._embedded.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,7 +106,8 @@ class RedisJobBackend(JobBackend):
                 return False, "not connected yet"
             await asyncio.wait_for(self._redis.ping(), HEALTH_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError) as exc:
-            return False, f"Redis at {self.where} unreachable: {type(exc).__name__}: {exc}"
+            log.info("Redis at %s unreachable: %s: %s", self.where, type(exc).__name__, exc)
+            return False, f"Redis at {self.where} unreachable ({type(exc).__name__})"
         return True, None
 
     @contextlib.asynccontextmanager
@@ -110,9 +116,10 @@ class RedisJobBackend(JobBackend):
         try:
             yield store
         except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("Redis at %s unreachable: %s: %s", self.where, type(exc).__name__, exc)
             raise UnavailableError(
-                f"The job store (Redis at {self.where}) is unreachable ({type(exc).__name__}: "
-                f"{exc}). Jobs cannot be submitted or read until it is back; the synchronous "
+                f"The job store (Redis at {self.where}) is unreachable ({type(exc).__name__}). "
+                "Jobs cannot be submitted or read until it is back; the synchronous "
                 "/inference endpoints still work.",
                 retry_after_s=UNREACHABLE_RETRY_AFTER_S,
             ) from None
@@ -156,12 +163,70 @@ class RedisJobBackend(JobBackend):
                 raise unknown_job(job_id, self.settings.jobs.job_retention_s)
 
     async def list(self, status: JobStatus | None, limit: int) -> JobList:
-        """Newest first, from the index (no keyspace scan); prunes expired entries."""
+        """Newest first, paged from an index (no keyspace scan, no reading of every job).
+
+        Without a filter the page comes from the index of all jobs; ``completed`` and
+        ``failed`` from their status's index. ``pending`` and ``running`` are derived from
+        arq's keys as well (a job whose worker stopped is pending again), so those two read
+        the unfinished jobs, which ``max_pending_jobs`` bounds; ``failed`` reads them first too,
+        to record the ones arq ended without the job function (timeouts, lost workers).
+        """
         async with self._reachable() as store:
-            ids = [i.decode() for i in await store.redis.zrevrange(store.index, 0, -1)]
-            matches: list[JobSummary] = []
-            total = 0
-            gone: list[str] = []
+            await store.prune()
+            if status in (None, "completed", "failed"):
+                if status == "failed":
+                    await self._unfinished(store)  # records what arq ended as failed
+                index = store.index if status is None else store.by_status[status]
+                jobs = await self._page(store, index, status, limit)
+                total = (await store.counts())["all" if status is None else status]
+                return JobList(jobs=jobs, total=total)
+            matching = [job for job in await self._unfinished(store) if job.status == status]
+            matching.sort(key=lambda job: job.created_at, reverse=True)
+            return JobList(jobs=[_summary(job) for job in matching[:limit]], total=len(matching))
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per recorded status, from the indexes' sizes."""
+        async with self._reachable() as store:
+            await store.prune()
+            counts = await store.counts()
+        counts.pop("all")
+        return counts
+
+    async def _page(
+        self, store: RedisJobStore, index: str, status: JobStatus | None, limit: int
+    ) -> builtins.list[JobSummary]:
+        """Up to ``limit`` jobs of ``index`` (in ``status`` when given), reading page by page."""
+        found: builtins.list[JobSummary] = []
+        seen: set[str] = set()  # jobs created meanwhile shift the positions
+        start = 0
+        while len(found) < limit:
+            count = min(_LIST_CHUNK, limit - len(found) + 8)  # a few spare for pruned entries
+            ids = await store.page(index, start, count)
+            if not ids:
+                break
+            start += len(ids)
+            gone = []
+            for job_id, snapshot in zip(ids, await store.snapshots(ids, False), strict=True):
+                if snapshot is None:
+                    gone.append(job_id)
+                    continue
+                if job_id in seen:
+                    continue
+                seen.add(job_id)
+                job = await self._resolve(store, snapshot)
+                if (status is None or job.status == status) and len(found) < limit:
+                    found.append(_summary(job))
+            if gone:
+                await store.prune(gone)
+                start -= len(gone)  # the entries after them moved up
+        return found
+
+    async def _unfinished(self, store: RedisJobStore) -> builtins.list[Job]:
+        """The jobs recorded pending or running, as they are now (arq-ended ones recorded)."""
+        jobs: builtins.list[Job] = []
+        gone: builtins.list[str] = []
+        for state in ("pending", "running"):
+            ids = await store.page(store.by_status[state])
             for start in range(0, len(ids), _LIST_CHUNK):
                 chunk = ids[start : start + _LIST_CHUNK]
                 for job_id, snapshot in zip(
@@ -169,14 +234,11 @@ class RedisJobBackend(JobBackend):
                 ):
                     if snapshot is None:
                         gone.append(job_id)
-                        continue
-                    job = await self._resolve(store, snapshot)
-                    if status is None or job.status == status:
-                        total += 1
-                        if len(matches) < limit:
-                            matches.append(_summary(job))
+                    else:
+                        jobs.append(await self._resolve(store, snapshot))
+        if gone:
             await store.prune(gone)
-        return JobList(jobs=matches, total=total)
+        return jobs
 
     async def _resolve(self, store: RedisJobStore, snapshot: Snapshot) -> Job:
         job, ended_ms = derive(snapshot, self.settings.jobs)

@@ -33,8 +33,13 @@ class JobBackend(abc.ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Start workers or connections (called from the app's lifespan)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Stop workers and close connections."""
+    async def close(self, grace_s: float = 0.0) -> None:  # noqa: B027 - optional hook
+        """Stop workers and close connections.
+
+        Args:
+            grace_s: How long a job running in this process may take to finish; one that does
+                not is recorded failed (in-process) or put back on the queue (arq).
+        """
 
     @abc.abstractmethod
     async def health(self) -> tuple[bool, str | None]:
@@ -69,3 +74,11 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     async def list(self, status: JobStatus | None, limit: int) -> JobList:
         """Jobs newest first, at most ``limit``, with the total count matching ``status``."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status (``pending``, ``running``, ``completed``, ``failed``), for metrics.
+
+        Raises:
+            UnavailableError: The job store is unreachable.
+        """

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,6 +75,10 @@ class MemoryJobBackend(JobBackend):
         self.inference = inference
         self.settings = settings
         self._jobs: dict[str, _Record] = {}  # insertion order is creation order
+        self._counts: Counter[str] = Counter()  # jobs per status
+        # (expires_at, job id) in finishing order: the retention is one for all, so the
+        # oldest expires first and pruning reads only what expired
+        self._expiries: deque[tuple[float, str]] = deque()
         self._unfinished = 0
         self._queue: asyncio.Queue[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,15 +92,41 @@ class MemoryJobBackend(JobBackend):
         ]
         self._tasks.append(asyncio.create_task(self._sweep(), name="job-sweeper"))
 
-    async def close(self) -> None:
-        """Stop the workers; running jobs are cancelled."""
-        running = [r.task for r in self._jobs.values() if r.task and not r.task.done()]
-        for task in [*self._tasks, *running]:
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Take no more jobs; let the running ones finish within ``grace_s``, then stop.
+
+        A job still running after ``grace_s`` is cancelled and recorded failed, as is each
+        pending job: this backend keeps jobs in this process only, so none would run again.
+        """
+        self._queue = None  # submissions are refused from here on
+        for task in self._tasks:  # the workers' loops: no new job starts
             task.cancel()
-        for task in [*self._tasks, *running]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        running = {r.task for r in self._jobs.values() if r.task and not r.task.done()}
+        if running and grace_s > 0:
+            log.info("waiting up to %g s for %d running jobs to finish", grace_s, len(running))
+            _, running = await asyncio.wait(running, timeout=grace_s)
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for record in list(self._jobs.values()):
+            if record.status == "running":
+                log.warning("job %s stopped unfinished by the shutdown", record.job_id)
+                self._finish(
+                    record,
+                    None,
+                    f"The server shut down while the job was running; it did not finish within "
+                    f"shutdown_grace_s ({grace_s:g} s). Submit it again.",
+                )
+            elif record.status == "pending":
+                self._finish(
+                    record, None, "The server shut down before the job ran. Submit it again."
+                )
 
     async def health(self) -> tuple[bool, str | None]:
         """Always up while the process is."""
@@ -117,6 +149,7 @@ class MemoryJobBackend(JobBackend):
             )
         record = _Record(uuid.uuid4().hex, model_type, request, images)
         self._jobs[record.job_id] = record
+        self._counts["pending"] += 1
         self._unfinished += 1
         self._queue.put_nowait(record.job_id)
         return JobSubmitted(
@@ -134,19 +167,31 @@ class MemoryJobBackend(JobBackend):
         """Forget the job; a pending one never runs, a running one is cancelled."""
         record = self._find(job_id)
         del self._jobs[job_id]
+        self._counts[record.status] -= 1
         if record.status not in FINAL_STATUSES:
             self._unfinished -= 1
         if record.task is not None and not record.task.done():
             record.task.cancel()
 
     async def list(self, status: JobStatus | None, limit: int) -> JobList:
-        """Newest first."""
+        """Newest first.
+
+        Walks back from the newest job until ``limit`` match (no copy of the jobs); the total
+        comes from the per-status counts.
+        """
         self._drop_expired()
-        matching = [r for r in reversed(self._jobs.values()) if status in (None, r.status)]
+        matching = (r for r in reversed(self._jobs.values()) if status in (None, r.status))
         summaries = [
-            msgspec.convert(msgspec.structs.asdict(r.view()), JobSummary) for r in matching[:limit]
+            msgspec.convert(msgspec.structs.asdict(r.view()), JobSummary)
+            for r in itertools.islice(matching, limit)
         ]
-        return JobList(jobs=summaries, total=len(matching))
+        total = len(self._jobs) if status is None else self._counts[status]
+        return JobList(jobs=summaries, total=total)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        self._drop_expired()
+        return {s: self._counts[s] for s in ("pending", "running", "completed", "failed")}
 
     def _find(self, job_id: str) -> _Record:
         self._drop_expired()
@@ -157,8 +202,11 @@ class MemoryJobBackend(JobBackend):
 
     def _drop_expired(self) -> None:
         now = time.monotonic()
-        for job_id in [k for k, r in self._jobs.items() if r.expires_at and r.expires_at <= now]:
-            del self._jobs[job_id]
+        while self._expiries and self._expiries[0][0] <= now:
+            _, job_id = self._expiries.popleft()
+            record = self._jobs.pop(job_id, None)
+            if record is not None:
+                self._counts[record.status] -= 1
 
     async def _sweep(self) -> None:
         interval_s = max(0.05, min(self.settings.job_retention_s / 2, 30.0))
@@ -173,7 +221,8 @@ class MemoryJobBackend(JobBackend):
             record = self._jobs.get(job_id)
             if record is None or record.status != "pending":
                 continue  # deleted while it waited
-            record.status, record.started_at = "running", datetime.now(UTC)
+            self._set_status(record, "running")
+            record.started_at = datetime.now(UTC)
             record.attempts += 1
             record.task = asyncio.create_task(self._run(record), name=f"job-{job_id}")
             # wait() rather than await: a job cancelled by DELETE must not stop this worker
@@ -201,10 +250,19 @@ class MemoryJobBackend(JobBackend):
         self._finish(record, result, outcome.error)
 
     def _finish(self, record: _Record, result: dict | None, error: str | None) -> None:
-        record.status = "completed" if error is None else "failed"
+        if record.status in FINAL_STATUSES:
+            return
+        self._set_status(record, "completed" if error is None else "failed")
         record.result, record.error = result, error
         record.finished_at = datetime.now(UTC)
         record.expires_at = time.monotonic() + self.settings.job_retention_s
         record.request, record.images = None, ()  # the bytes are no longer needed
         if record.job_id in self._jobs:
             self._unfinished -= 1
+            self._expiries.append((record.expires_at, record.job_id))
+
+    def _set_status(self, record: _Record, status: JobStatus) -> None:
+        if record.job_id in self._jobs:  # a deleted job is counted nowhere
+            self._counts[record.status] -= 1
+            self._counts[status] += 1
+        record.status = status

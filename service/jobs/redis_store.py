@@ -4,6 +4,9 @@ Keys (``P`` is ``redis_key_prefix``; arq's keys are global and named by the job 
 
     P:queue          arq's queue: sorted set job id -> time to run (ms)
     P:jobs           the index: sorted set job id -> created (ms), for GET /jobs without SCAN
+    P:jobs:<status>  one sorted set per recorded status (pending, running, completed, failed),
+                     job id -> created (ms): GET /jobs?status=... pages through one of them
+    P:jobs:expiry    sorted set job id -> when its finished hash expires (ms): what to prune
     P:job:<id>       hash: model_type, status, created_ms, started_ms, finished_ms, attempts,
                      error, result (msgpack of the inference response)
     arq:job:<id>     arq: the serialised job (the payload), until it finishes
@@ -45,21 +48,34 @@ from service.settings import JobSettings
 FUNCTION_NAME = "run_inference_job"
 _FIELDS = ("model_type", "status", "created_ms", "started_ms", "finished_ms", "attempts", "error")
 
-# Mark a job running, unless it was deleted ("gone") or has already finished (a re-run).
+STATUSES = ("pending", "running", "completed", "failed")
+# Mark a job running, unless it was deleted ("gone") or has already finished (a re-run); move
+# it from the pending to the running index. KEYS: hash, pending, running; ARGV: started_ms,
+# attempt, job id.
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'gone' end
 if status == 'completed' or status == 'failed' then return status end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1], 'attempts', ARGV[2])
+local created = redis.call('HGET', KEYS[1], 'created_ms')
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], created, ARGV[3])
 return 'running'
 """
-# Record the end of a job once, unless it was deleted; then keep it for the retention time.
+# Record the end of a job once, unless it was deleted; then keep it for the retention time,
+# in its final status's index, with its expiry noted. KEYS: hash, pending, running, the final
+# index, expiry; ARGV: status, finished_ms, error, result, keep_ms, job id, expires at (ms).
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'completed' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2], 'error', ARGV[3],
            'result', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local created = redis.call('HGET', KEYS[1], 'created_ms')
+redis.call('ZREM', KEYS[2], ARGV[6])
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('ZADD', KEYS[4], created, ARGV[6])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
 return 1
 """
 
@@ -103,6 +119,8 @@ class RedisJobStore:
         prefix = settings.redis_key_prefix
         self.queue = f"{prefix}:queue"
         self.index = f"{prefix}:jobs"
+        self.by_status = {status: f"{prefix}:jobs:{status}" for status in STATUSES}
+        self.expiry = f"{prefix}:jobs:expiry"
         self._job_prefix = f"{prefix}:job:"
         self._start = redis.register_script(_START)
         self._finish = redis.register_script(_FINISH)
@@ -145,6 +163,7 @@ class RedisJobStore:
             )
             tr.pexpire(self.key(job_id), self.lifetime_ms)
             tr.zadd(self.index, {job_id: created})
+            tr.zadd(self.by_status["pending"], {job_id: created})
             tr.psetex(job_key_prefix + job_id, expires_extra_ms, job)
             tr.zadd(self.queue, {job_id: created})
             await tr.execute()
@@ -194,25 +213,52 @@ class RedisJobStore:
                 result_key_prefix + job_id,
                 retry_key_prefix + job_id,
             )
-            tr.zrem(self.index, job_id)
+            for index in (self.index, self.expiry, *self.by_status.values()):
+                tr.zrem(index, job_id)
             existed, in_progress, *_ = await tr.execute()
         if in_progress:
             # A worker holds it: arq's abort cancels the running task (allow_abort_jobs).
             await self.redis.zadd(abort_jobs_ss, {job_id: now_ms()})
         return bool(existed)
 
-    async def prune(self, gone: Sequence[str]) -> None:
-        """Drop index entries whose hash expired, and any older than a job can live."""
+    async def prune(self, gone: Sequence[str] = ()) -> None:
+        """Drop the index entries of jobs past their retention (reading only what expired).
+
+        Also those of ``gone`` (jobs found without a hash), and any older than a job can live.
+        """
+        now = now_ms()
+        expired = [i.decode() for i in await self.redis.zrangebyscore(self.expiry, "-inf", now)]
+        ids = [*gone, *expired]
+        indexes = (self.index, *self.by_status.values())
         async with self.redis.pipeline(transaction=False) as tr:
-            if gone:
-                tr.zrem(self.index, *gone)
-            tr.zremrangebyscore(self.index, "-inf", now_ms() - self.lifetime_ms)
+            if ids:
+                for index in (*indexes, self.expiry):
+                    tr.zrem(index, *ids)
+            for index in indexes:
+                tr.zremrangebyscore(index, "-inf", now - self.lifetime_ms)
+            tr.zremrangebyscore(self.expiry, "-inf", now - self.lifetime_ms)
             await tr.execute()
+
+    async def page(self, index: str, start: int = 0, count: int | None = None) -> list[str]:
+        """Job ids of ``index``, newest first, ``count`` of them (all when None) from ``start``."""
+        stop = -1 if count is None else start + count - 1
+        return [i.decode() for i in await self.redis.zrevrange(index, start, stop)]
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per recorded status, and ``all``: one ZCARD each, no job read."""
+        async with self.redis.pipeline(transaction=False) as tr:
+            for index in (self.index, *self.by_status.values()):
+                tr.zcard(index)
+            total, *per_status = await tr.execute()
+        return {"all": int(total), **dict(zip(STATUSES, map(int, per_status), strict=True))}
 
     # -- the worker's side ----------------------------------------------------------------
     async def mark_running(self, job_id: str, attempt: int) -> str:
         """``running`` when this worker should run the job; ``gone`` or its final status not."""
-        reply = await self._start(keys=[self.key(job_id)], args=[now_ms(), attempt])
+        reply = await self._start(
+            keys=[self.key(job_id), self.by_status["pending"], self.by_status["running"]],
+            args=[now_ms(), attempt, job_id],
+        )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def finish(
@@ -224,8 +270,22 @@ class RedisJobStore:
         keep_ms = max(1, self.retention_ms - (now_ms() - finished_ms))
         status = "completed" if outcome.error is None else "failed"
         await self._finish(
-            keys=[self.key(job_id)],
-            args=[status, finished_ms, outcome.error or "", result, keep_ms],
+            keys=[
+                self.key(job_id),
+                self.by_status["pending"],
+                self.by_status["running"],
+                self.by_status[status],
+                self.expiry,
+            ],
+            args=[
+                status,
+                finished_ms,
+                outcome.error or "",
+                result,
+                keep_ms,
+                job_id,
+                now_ms() + keep_ms,
+            ],
         )
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
+from service.request_ids import configure_logging
 from service.settings import Settings
 
 
@@ -18,12 +18,12 @@ def run_worker(config_path: str | None) -> int:
         config_path: The same TOML settings file as ``vision-api serve --config``
             (``VISION_API_CONFIG`` when omitted); ``VISION_API_*`` variables apply on top.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.load(config_path)
     except ValueError as exc:
         print(f"vision-api worker: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.server.log_level, settings.server.log_format)
     if not settings.jobs.redis_url:
         print(
             "vision-api worker: no job queue to work on. Set VISION_API_REDIS_URL (e.g. "

@@ -12,6 +12,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body
 
 from service.inference import InferenceService
+from service.routes.responses import INFERENCE_ERRORS
 from service.schemas.common import Endpoint
 
 
@@ -41,6 +42,7 @@ def inference_handler(endpoint: Endpoint) -> HTTPRouteHandler:
         status_code=200,
         summary=endpoint.summary,
         operation_id=f"Inference{words}{words}",
+        responses=INFERENCE_ERRORS,
     )(handler)
 
 

@@ -14,12 +14,14 @@ from litestar.params import FromPath, Parameter
 from service.inference import InferenceService
 from service.jobs.base import JobBackend
 from service.routes.intake import validate_submission
+from service.routes.responses import error_responses
 from service.schemas.common import Endpoint
 from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted
 
 
 def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
     """``/jobs``; the submit body is documented as one of ``endpoints``' request bodies."""
+    # anyOf, not oneOf: a body can be valid for several model types (images alone is).
     refs = [Reference(f"#/components/schemas/{e.request.__name__}") for e in endpoints]
 
     @dataclass
@@ -30,7 +32,7 @@ def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
             self.request_body = RequestBody(
                 required=True,
                 description="The body of POST /inference/{model_type} for the same model type.",
-                content={"application/json": OpenAPIMediaType(schema=Schema(one_of=refs))},
+                content={"application/json": OpenAPIMediaType(schema=Schema(any_of=refs))},
             )
 
     return Router(
@@ -45,6 +47,7 @@ def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
                 "here, not a failed job. 503 with Retry-After when the queue is full or the job "
                 "store is down.",
                 operation_class=SubmitOperation,
+                responses=error_responses(400, 404, 409, 413, 503),
             )(submit),
             get_job,
             delete_job,
@@ -71,19 +74,28 @@ async def submit(
     return await jobs.submit(resolved.model_type, data, images)
 
 
-@get("/{job_id:str}", summary="A job's status, and its result once completed")
+@get(
+    "/{job_id:str}",
+    summary="A job's status, and its result once completed",
+    responses=error_responses(400, 404, 503),
+)
 async def get_job(job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> Job:
     """404 for an unknown job, or one past its retention time."""
     return await jobs.get(job_id)
 
 
-@delete("/{job_id:str}", status_code=204, summary="Cancel a job, or forget a finished one")
+@delete(
+    "/{job_id:str}",
+    status_code=204,
+    summary="Cancel a job, or forget a finished one",
+    responses=error_responses(400, 404, 503),
+)
 async def delete_job(job_id: FromPath[str], jobs: NamedDependency[JobBackend]) -> None:
     """Cancel a pending or running job, or remove a finished one."""
     await jobs.delete(job_id)
 
 
-@get("/", summary="Jobs, newest first")
+@get("/", summary="Jobs, newest first", responses=error_responses(400, 503))
 async def list_jobs(
     jobs: NamedDependency[JobBackend],
     status: Annotated[JobStatus | None, Parameter(description="Only jobs in this status.")] = None,

@@ -8,6 +8,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from engines.pool import ModelPool
+from service.routes.responses import error_responses
 from service.schemas.models import (
     ModelLoadRequest,
     ModelRef,
@@ -29,7 +30,12 @@ class ModelsController(Controller):
         """One entry per (model type, variant)."""
         return msgspec.convert({"models": pool.status()}, ModelStatusList)
 
-    @post("/load", status_code=200, summary="Load a variant")
+    @post(
+        "/load",
+        status_code=200,
+        summary="Load a variant",
+        responses=error_responses(400, 404, 413, 500, 503),
+    )
     async def load(
         self, data: JSONBody[ModelLoadRequest], pool: NamedDependency[ModelPool]
     ) -> ModelStatus:
@@ -44,7 +50,12 @@ class ModelsController(Controller):
         )
         return msgspec.convert(entry, ModelStatus)
 
-    @post("/unload", status_code=200, summary="Unload one variant or every variant of a type")
+    @post(
+        "/unload",
+        status_code=200,
+        summary="Unload one variant or every variant of a type",
+        responses=error_responses(400, 404, 413, 503),
+    )
     async def unload(
         self, data: JSONBody[ModelUnloadRequest], pool: NamedDependency[ModelPool]
     ) -> UnloadResult:

@@ -11,6 +11,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body
 
 from service.inference import InferenceService
+from service.routes.responses import INFERENCE_ERRORS
 from service.schemas.common import Timings
 from service.schemas.sam3 import Sam3EmbedRequest, Sam3EmbedResponse
 
@@ -26,6 +27,7 @@ EXAMPLE = Example(
     summary="Encode images for SAM3 once; reuse them by image_id",
     operation_id="InferenceSam3Embed",
     tags=["inference"],
+    responses=INFERENCE_ERRORS,
 )
 async def sam3_embed(
     data: Annotated[Sam3EmbedRequest, Body(examples=[EXAMPLE])],

@@ -1,4 +1,4 @@
-"""``GET /``, ``GET /health`` and the documentation pages."""
+"""``GET /``, ``GET /health``, the probes, ``/metrics`` and the documentation pages."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import time
 import psutil
 from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from engines.devices import list_gpus
+from engines.errors import UnavailableError
 from engines.pool import ModelPool
 from service import __version__
 from service.jobs.base import JobBackend
+from service.lifecycle import Lifecycle
+from service.metrics import Metrics
+from service.schemas.errors import ErrorBody
+from service.schemas.health import Liveness, Readiness
 from service.schemas.system import (
     DeviceInfo,
     Gpu,
@@ -24,6 +30,7 @@ from service.schemas.system import (
 )
 
 OPENAPI_PATH = "/schema/openapi.json"
+NOT_READY_RETRY_AFTER_S = 5
 
 
 @get("/", tags=["system"], summary="What this server is")
@@ -68,6 +75,48 @@ async def health(
         ],
         jobs=JobsHealth(backend=jobs.name, ok=jobs_ok, detail=jobs_detail),
     )
+
+
+@get("/health/live", tags=["system"], summary="Liveness probe: the process answers")
+async def live() -> Liveness:
+    """200 while the process runs, also while models load or compute (nothing here waits)."""
+    return Liveness()
+
+
+@get(
+    "/health/ready",
+    tags=["system"],
+    summary="Readiness probe: start-up done, preloaded models warm, job store answering",
+    responses={
+        503: ResponseSpec(ErrorBody, description="Not ready; `detail` says why (Retry-After).")
+    },
+)
+async def ready(lifecycle: NamedDependency[Lifecycle]) -> Readiness:
+    """503 while not ready, ``detail`` saying why.
+
+    Why: starting, preloading (``detail`` names the model), shutting down, a failed preload,
+    or a configured job store that does not answer.
+    """
+    reason = await lifecycle.readiness()
+    if reason is not None:
+        raise UnavailableError(reason, retry_after_s=NOT_READY_RETRY_AFTER_S)
+    return Readiness()
+
+
+@get(
+    "/metrics",
+    tags=["system"],
+    summary="Prometheus metrics",
+    media_type="text/plain; version=0.0.4",
+)
+async def metrics(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    """The Prometheus text format.
+
+    Requests and latency per route, images, batch sizes, model loads, loaded models and their
+    memory, requests in flight, cache hits, jobs by status.
+    """
+    body, content_type = await metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @get("/docs", include_in_schema=False, media_type=MediaType.HTML)

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from engines.base import CacheStats
+
 
 class ModelLoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Load a variant on a device and engine."""
@@ -51,17 +53,6 @@ class ModelStatus(msgspec.Struct, kw_only=True):
         dict[str, int] | None,
         Meta(description="Forwards run since loading, by batch size (images in one forward)."),
     ] = None
-
-
-class CacheStats(msgspec.Struct, kw_only=True):
-    """A loaded model's cache (SAM3: image embeddings): size, budget and how it served."""
-
-    entries: int
-    bytes: int
-    budget_bytes: int
-    hits: int
-    misses: int
-    evictions: int
 
 
 class ModelStatusList(msgspec.Struct, kw_only=True):
