@@ -26,6 +26,8 @@ class InferenceService:
         decoder: Image decoding under the URL policy and pixel limit.
         max_images: Most images in one request (413 beyond).
         endpoints: Canonical model type → its endpoint (request and response types).
+        max_prompts: Most prompts in one request (413 beyond), for models that take prompts;
+            None leaves only each model's own bound.
     """
 
     def __init__(
@@ -34,10 +36,12 @@ class InferenceService:
         decoder: ImageDecoder,
         max_images: int,
         endpoints: Mapping[str, Endpoint],
+        max_prompts: int | None = None,
     ) -> None:
         self.pool = pool
         self.decoder = decoder
         self.max_images = max_images
+        self.max_prompts = max_prompts
         self.endpoints = dict(endpoints)
 
     def endpoint(self, model_type: str) -> Endpoint:
@@ -60,9 +64,20 @@ class InferenceService:
                 "Split the request or submit several jobs."
             )
 
+    def check_prompts(self, request: InferenceRequest) -> None:
+        """Raise a 413 error when a request has more prompts than the server allows."""
+        prompts = getattr(request, "prompts", None)
+        if self.max_prompts is not None and prompts is not None and len(prompts) > self.max_prompts:
+            raise PayloadTooLargeError(
+                f"{len(prompts)} prompts in one request; this server allows at most "
+                f"{self.max_prompts} (max_prompts_per_request). Split the prompts over several "
+                "requests."
+            )
+
     async def decode(self, request: InferenceRequest) -> list[DecodedImage]:
-        """Check the count, fetch and decode every image."""
+        """Check the image and prompt counts, fetch and decode every image."""
         self.check_count(request.images)
+        self.check_prompts(request)
         return await self.decoder.decode_all(request.images)
 
     async def run(self, model_type: str, request: InferenceRequest) -> InferenceResponse:

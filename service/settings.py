@@ -52,6 +52,9 @@ class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_image_pixels: Annotated[int, Meta(ge=1)] = 40_000_000
     # Larger bodies get a 413 before they are read (Content-Length first, else while streaming).
     max_body_mb: Annotated[float, Meta(gt=0)] = 64.0
+    # More prompts in one request are a 413 (below each model's own bound: SAM3 32, GroundingDINO
+    # 64); unset: only the model's bound.
+    max_prompts_per_request: Annotated[int, Meta(ge=1)] | None = None
 
 
 class SecuritySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -82,7 +82,13 @@ def build_inference(
     decoder = ImageDecoder(UrlFetcher(policy), settings.limits.max_image_pixels)
     if endpoints is None:
         endpoints = discover_endpoints(pool.registry)
-    return InferenceService(pool, decoder, settings.limits.max_images_per_request, endpoints)
+    return InferenceService(
+        pool,
+        decoder,
+        settings.limits.max_images_per_request,
+        endpoints,
+        max_prompts=settings.limits.max_prompts_per_request,
+    )
 
 
 def build_worker_inference(settings: Settings) -> InferenceService:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import asset_b64, free_port, start_server
+from tests.conftest import assert_clear_error, asset_b64, free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_TORCH = '''
@@ -89,3 +89,22 @@ def test_request_ids_are_echoed_or_generated(live_server: str) -> None:
     assert len(generated) == 32 and generated != "abc-123"
     unsafe = httpx.get(f"{live_server}/health", headers={"X-Request-ID": "bad id\twith spaces"})
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_prompts_per_request_is_a_setting_enforced_before_any_work(tiny_config: Path) -> None:
+    port = free_port()
+    env = {"VISION_API_REDIS_URL": "", "VISION_API_MAX_PROMPTS_PER_REQUEST": "2"}
+    proc = start_server(["serve", "--config", str(tiny_config), "--port", str(port)], env, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        image = asset_b64("chelsea.jpg")
+        for path in ("/inference/sam3", "/inference/grounding-dino", "/jobs/submit/sam3"):
+            over = httpx.post(f"{url}{path}", json={"images": [image], "prompts": list("abc")})
+            assert_clear_error(over, 413, "at most 2 (max_prompts_per_request)")
+        within = httpx.post(
+            f"{url}/inference/sam3", json={"images": [image], "prompts": ["a", "b"]}, timeout=60
+        )
+        assert within.status_code == 200, within.text
+        assert httpx.get(f"{url}/jobs").json()["total"] == 0  # nothing was queued
+    finally:
+        stop_server(proc)
