@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from engines.errors import InferenceError, NotFoundError
+from engines.errors import NotFoundError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,10 @@ def resolve_checkpoint(
     ``HF_HUB_OFFLINE``. Gated repos need ``token`` (``HF_TOKEN``).
 
     Raises:
-        NotFoundError: The source is neither a directory nor a reachable repo.
+        NotFoundError: The source is neither a directory nor a repo on the Hub (or a gated one
+            without access).
+        UnavailableError: The weights are not on this machine and cannot be fetched now
+            (offline, no cache): the detail says how to provide them.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -45,10 +48,11 @@ def resolve_checkpoint(
         raise NotFoundError(f"No checkpoint {source!r} on the Hugging Face Hub.") from None
     except Exception as exc:  # network down, offline mode without a cache...
         log.warning("fetching checkpoint %s failed", source, exc_info=True)
-        raise InferenceError(
-            f"Could not fetch checkpoint {source!r} ({type(exc).__name__}; the server log has "
-            "why). Download it beforehand (HF_HOME, HF_TOKEN for gated repos) or point the "
-            "variant's source at a local directory."
+        raise UnavailableError(
+            f"The weights of {source!r} are not on this machine and could not be fetched "
+            f"({type(exc).__name__}; the server log has why). Download them beforehand "
+            "(`huggingface-cli download`, into HF_HOME; HF_TOKEN for gated repos) or point the "
+            "variant's source at a local directory in the config file."
         ) from exc
 
 

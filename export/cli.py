@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engines.artifacts import MANIFEST, read_manifest
-from engines.base import family_export
+from engines.base import VariantSpec, family_export
+from engines.errors import NotFoundError, VisionError
 from engines.pool import ModelPool
 from export.parity import ParityError, default_images
 
@@ -47,7 +48,14 @@ def main(argv: Sequence[str] | None, build_pool: PoolFactory) -> int:
     parser.add_argument("--images", type=Path, nargs="*", help="photos for the parity check")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check artifacts under DIR")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args, build_pool)
+    except (VisionError, ValueError) as exc:  # a user's mistake: one line, no traceback
+        print(f"vision-api export: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        return 2
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, build_pool: PoolFactory) -> int:
     pool = build_pool(str(Path(args.config).resolve()) if args.config else None)
     images = args.images or default_images()
     if args.verify:
@@ -102,9 +110,11 @@ def _verify(pool: ModelPool, root: Path, images: Sequence[Path]) -> int:
     for path in manifests:
         manifest = read_manifest(path.parent)
         label = f"{manifest.model_type}/{manifest.variant} [{manifest.precision}]"
-        resolved = pool.resolve(manifest.model_type, manifest.variant)
-        spec = resolved.spec
-        family = pool.registry.get(resolved.model_type)
+        family = pool.registry.get(manifest.model_type)
+        try:
+            spec = pool.resolve(manifest.model_type, manifest.variant).spec
+        except NotFoundError:  # not configured here: the manifest says where it came from
+            spec = VariantSpec(manifest.variant, manifest.source)
         checkpoint = resolve_checkpoint(spec.source, pool.config.hf_token)
         if weights_sha256(checkpoint) != manifest.weights_sha256:
             print(f"{label}: FAILED: exported from other weights than {spec.source}")

@@ -108,3 +108,25 @@ def test_prompts_per_request_is_a_setting_enforced_before_any_work(tiny_config: 
         assert httpx.get(f"{url}/jobs").json()["total"] == 0  # nothing was queued
     finally:
         stop_server(proc)
+
+
+def test_missing_weights_are_a_503_that_says_how_to_provide_them(tmp_path: Path) -> None:
+    """The default config on a machine without the weights (offline, empty HF cache)."""
+    port = free_port()
+    env = {
+        "VISION_API_REDIS_URL": "",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "empty-hf-home"),
+    }
+    proc = start_server(["serve", "--port", str(port)], env, port)
+    try:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/inference/dinov3",
+            json={"images": [asset_b64("chelsea.jpg")]},
+            timeout=60,
+        )
+        assert_clear_error(response, 503, "facebook/dinov3-vits16-pretrain-lvd1689m")
+        detail = response.json()["detail"]
+        assert "HF_HOME" in detail and "HF_TOKEN" in detail and "local directory" in detail
+    finally:
+        stop_server(proc)

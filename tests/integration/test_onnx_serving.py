@@ -94,6 +94,29 @@ def test_verify_cli_rechecks_parity(tiny_config: Path, artifacts: Path) -> None:
     assert "dinov3/tiny [fp32]: ok" in result.stdout
 
 
+def test_verify_without_a_config_reads_the_source_from_the_manifest(artifacts: Path) -> None:
+    # The default settings know no "tiny" variant: the manifest says where the weights are.
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "export", "--verify", str(artifacts / "dinov3")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dinov3/tiny [fp32]: ok" in result.stdout
+
+
+def test_export_mistakes_are_one_line_not_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "export", "dinov3", "--variant", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Unknown variant 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_served_by_onnx_runtime_matches_torch(onnx_server: httpx.Client) -> None:
     body = {"images": [asset_b64("chelsea.jpg"), asset_b64("camera.png")], "normalize": False}
     via_onnx = onnx_server.post("/inference/dinov3", json=body).json()
