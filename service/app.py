@@ -24,8 +24,18 @@ from service.request_ids import configure_logging, request_id_middleware
 from service.routes.inference import inference_router
 from service.routes.jobs import jobs_router
 from service.routes.models import ModelsController
+from service.routes.playground import playground, playground_asset
 from service.routes.sam3 import sam3_embed
-from service.routes.system import health, live, metrics, ready, redoc, root, swagger_ui
+from service.routes.system import (
+    doc_asset,
+    health,
+    live,
+    metrics,
+    ready,
+    redoc,
+    root,
+    swagger_ui,
+)
 from service.schemas.common import Endpoint
 from service.security import SecurityPlugin
 from service.settings import Settings
@@ -79,6 +89,9 @@ def create_app(
             metrics,
             swagger_ui,
             redoc,
+            doc_asset,
+            playground,
+            playground_asset,
             ModelsController,
             inference_router(served),
             sam3_embed,

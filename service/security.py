@@ -5,8 +5,9 @@ adds the key and rate-limit middleware, the CORS config when origins are listed,
 are configured, the two security schemes and their requirement on every protected operation.
 
 Open without a key: the health probes (load balancers and orchestrators cannot hold keys) and
-the documentation (``/docs``, ``/redoc``, ``/schema/*``), so people can read how to call the
-API; the schema names no secrets. Keys are kept and compared only as SHA-256 digests, never
+the documentation (``/docs``, ``/redoc``, ``/schema/*``, their assets) and the playground page
+(``/playground``; its calls to the API carry the key typed into it), so people can read how to
+call the API; the schema names no secrets. Keys are kept and compared only as SHA-256 digests, never
 logged; a caller is identified to the rate limiter by a prefix of its key's digest.
 """
 
@@ -33,8 +34,10 @@ from service.ratelimit import RateLimiter, build_rate_limiter
 from service.settings import Settings
 
 HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
-DOC_PATHS = frozenset({"/docs", "/redoc"})
+DOC_PATHS = frozenset({"/docs", "/redoc", "/playground"})
 DOC_PREFIX = "/schema"
+# The pages' own scripts and stylesheets (the playground calls the API with the key it is given).
+ASSET_PREFIXES = ("/docs/assets/", "/playground/")
 SCHEMES = {
     "bearerAuth": SecurityScheme(
         type="http",
@@ -127,7 +130,11 @@ def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
 
 
 def _is_docs(path: str) -> bool:
-    return path in DOC_PATHS or path == DOC_PREFIX or path.startswith(DOC_PREFIX + "/")
+    return (
+        path in DOC_PATHS
+        or path == DOC_PREFIX
+        or path.startswith((DOC_PREFIX + "/", *ASSET_PREFIXES))
+    )
 
 
 async def _refuse(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ASSETS = Path(__file__).parent / "assets"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the screenshots the browser tests took under ``$CI_ARTIFACTS`` (CI sets it)."""
+    base = os.environ.get("CI_ARTIFACTS")
+    shots = sorted((Path(base) / "browser").glob("*.png")) if base else []
+    if shots:
+        terminalreporter.write_sep("-", "browser screenshots")
+        for shot in shots:
+            terminalreporter.write_line(str(shot))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,19 +87,24 @@ def free_port() -> int:
 def start_server(
     args: list[str], env: dict[str, str], port: int, timeout_s: float = 60
 ) -> subprocess.Popen[bytes]:
-    """Start ``vision-api serve`` (or another CLI command) and wait for ``/health``."""
+    """Start ``vision-api serve`` (or another CLI command) and wait for ``/health``.
+
+    Its output goes to a file (:func:`server_log` reads it), never to a pipe: nobody drains a
+    pipe while the tests run, and a server whose log fills one blocks on its next log line.
+    """
+    log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", *args],
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()
+    proc.log_path = Path(log.name)  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}"
-            )
+            raise RuntimeError(f"server exited: {server_log(proc)[-4000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -111,6 +127,11 @@ def live_server(tiny_config: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(proc)
+
+
+def server_log(proc: subprocess.Popen[bytes]) -> str:
+    """What a server started by :func:`start_server` has written so far."""
+    return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

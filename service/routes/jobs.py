@@ -8,7 +8,14 @@ from typing import Annotated
 
 from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIMediaType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.params import FromPath, Parameter
 
 from service.inference import InferenceService
@@ -22,7 +29,12 @@ from service.schemas.jobs import Job, JobList, JobStatus, JobSubmitted
 def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
     """``/jobs``; the submit body is documented as one of ``endpoints``' request bodies."""
     # anyOf, not oneOf: a body can be valid for several model types (images alone is).
+    endpoints = list(endpoints)
     refs = [Reference(f"#/components/schemas/{e.request.__name__}") for e in endpoints]
+    examples = {
+        e.model_type: Example(summary=f"{e.model_type}: {e.example_summary}", value=e.example)
+        for e in endpoints
+    }
 
     @dataclass
     class SubmitOperation(Operation):
@@ -32,7 +44,11 @@ def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
             self.request_body = RequestBody(
                 required=True,
                 description="The body of POST /inference/{model_type} for the same model type.",
-                content={"application/json": OpenAPIMediaType(schema=Schema(any_of=refs))},
+                content={
+                    "application/json": OpenAPIMediaType(
+                        schema=Schema(any_of=refs), examples=dict(examples)
+                    )
+                },
             )
 
     return Router(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.openapi.spec import Example
+from litestar.params import Body
 
 from engines.pool import ModelPool
 from service.routes.responses import error_responses
@@ -16,6 +19,15 @@ from service.schemas.models import (
     ModelStatusList,
     ModelUnloadRequest,
     UnloadResult,
+)
+
+LOAD_EXAMPLE = Example(
+    summary="Load SAM3's default variant on the first GPU, ONNX Runtime if exported",
+    value={"model_type": "sam3", "device": "cuda:0", "engine": "auto"},
+)
+UNLOAD_EXAMPLE = Example(
+    summary="Unload one Depth Anything variant",
+    value={"model_type": "depth-anything", "variant": "small"},
 )
 
 
@@ -37,7 +49,9 @@ class ModelsController(Controller):
         responses=error_responses(400, 404, 413, 500, 503),
     )
     async def load(
-        self, data: JSONBody[ModelLoadRequest], pool: NamedDependency[ModelPool]
+        self,
+        data: Annotated[ModelLoadRequest, Body(examples=[LOAD_EXAMPLE])],
+        pool: NamedDependency[ModelPool],
     ) -> ModelStatus:
         """Load (a no-op when already loaded the same way) and return its status entry."""
         model = await pool.load(
@@ -57,7 +71,9 @@ class ModelsController(Controller):
         responses=error_responses(400, 404, 413, 503),
     )
     async def unload(
-        self, data: JSONBody[ModelUnloadRequest], pool: NamedDependency[ModelPool]
+        self,
+        data: Annotated[ModelUnloadRequest, Body(examples=[UNLOAD_EXAMPLE])],
+        pool: NamedDependency[ModelPool],
     ) -> UnloadResult:
         """Unload; what was not loaded is simply not listed."""
         unloaded = await pool.unload(data.model_type, data.variant)

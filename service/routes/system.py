@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
+import openapi_ui_bundles.redoc
+import openapi_ui_bundles.swagger_ui
 import psutil
 from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
@@ -11,7 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from engines.devices import list_gpus
-from engines.errors import UnavailableError
+from engines.errors import NotFoundError, UnavailableError
 from engines.pool import ModelPool
 from service import __version__
 from service.jobs.base import JobBackend
@@ -31,6 +35,39 @@ from service.schemas.system import (
 
 OPENAPI_PATH = "/schema/openapi.json"
 NOT_READY_RETRY_AFTER_S = 5
+DOC_ASSETS_PATH = "/docs/assets"
+# The documentation pages' scripts and styles, served from the openapi-ui-bundles package so
+# /docs and /redoc render with no internet (name -> file, content type).
+DOC_ASSETS: dict[str, tuple[Path, str]] = {
+    "swagger-ui-bundle.js": (
+        openapi_ui_bundles.swagger_ui.static_path / "swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+    ),
+    "swagger-ui-standalone-preset.js": (
+        openapi_ui_bundles.swagger_ui.static_path / "swagger-ui-standalone-preset.js",
+        "text/javascript; charset=utf-8",
+    ),
+    "swagger-ui.css": (
+        openapi_ui_bundles.swagger_ui.static_path / "swagger-ui.css",
+        "text/css; charset=utf-8",
+    ),
+    "favicon-32x32.png": (
+        openapi_ui_bundles.swagger_ui.static_path / "favicon-32x32.png",
+        "image/png",
+    ),
+    "redoc.standalone.js": (
+        openapi_ui_bundles.redoc.static_path / "redoc.standalone.js",
+        "text/javascript; charset=utf-8",
+    ),
+    "logo-mini.svg": (openapi_ui_bundles.redoc.static_path / "logo-mini.svg", "image/svg+xml"),
+}
+# ReDoc's sidebar footer loads its logo from a CDN; the package ships the same file.
+OFFLINE_REWRITES: dict[str, tuple[tuple[bytes, bytes], ...]] = {
+    "redoc.standalone.js": (
+        (b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOC_ASSETS_PATH}/logo-mini.svg".encode()),
+    ),
+}
+FAVICON = f"<link rel='icon' type='image/png' href='{DOC_ASSETS_PATH}/favicon-32x32.png'>"
 
 
 @get("/", tags=["system"], summary="What this server is")
@@ -122,13 +159,47 @@ async def metrics(metrics: NamedDependency[Metrics]) -> Response[bytes]:
 @get("/docs", include_in_schema=False, media_type=MediaType.HTML)
 async def swagger_ui(request: Request) -> Response[bytes]:
     """Swagger UI over the generated schema."""
-    return _render(request, SwaggerRenderPlugin())
+    return _render(
+        request,
+        SwaggerRenderPlugin(
+            js_url=f"{DOC_ASSETS_PATH}/swagger-ui-bundle.js",
+            css_url=f"{DOC_ASSETS_PATH}/swagger-ui.css",
+            standalone_preset_js_url=f"{DOC_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+            favicon=FAVICON,
+        ),
+    )
 
 
 @get("/redoc", include_in_schema=False, media_type=MediaType.HTML)
 async def redoc(request: Request) -> Response[bytes]:
     """ReDoc over the generated schema."""
-    return _render(request, RedocRenderPlugin())
+    return _render(
+        request,
+        RedocRenderPlugin(
+            js_url=f"{DOC_ASSETS_PATH}/redoc.standalone.js", google_fonts=False, favicon=FAVICON
+        ),
+    )
+
+
+@get(f"{DOC_ASSETS_PATH}/{{name:str}}", include_in_schema=False)
+async def doc_asset(name: str) -> Response[bytes]:
+    """A script, stylesheet or image of the documentation pages (a fixed list; 404 otherwise)."""
+    if name not in DOC_ASSETS:
+        raise NotFoundError(f"No documentation asset named {name!r}.")
+    return static_response(_doc_asset_bytes(name), DOC_ASSETS[name][1])
+
+
+@functools.cache
+def _doc_asset_bytes(name: str) -> bytes:
+    body = DOC_ASSETS[name][0].read_bytes()
+    for external, local in OFFLINE_REWRITES.get(name, ()):
+        body = body.replace(external, local)
+    return body
+
+
+def static_response(body: bytes, media_type: str) -> Response[bytes]:
+    """A packaged file's bytes, cacheable by the browser for an hour."""
+    return Response(body, media_type=media_type, headers={"cache-control": "max-age=3600"})
 
 
 def _render(request: Request, plugin: SwaggerRenderPlugin | RedocRenderPlugin) -> Response[bytes]:

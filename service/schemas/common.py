@@ -18,8 +18,12 @@ class ImageRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     declares a subclass with ``accepts_image_id = True``.
     """
 
-    data: str | None = None
-    url: str | None = None
+    data: Annotated[
+        str | None, Meta(description="Base64 image bytes (a data URI prefix is accepted).")
+    ] = None
+    url: Annotated[
+        str | None, Meta(description="An http(s) URL the server fetches the image from.")
+    ] = None
     image_id: (
         Annotated[
             str,

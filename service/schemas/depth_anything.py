@@ -101,6 +101,14 @@ class DepthAnythingResult(msgspec.Struct, kw_only=True, omit_defaults=True):
             "as sky (score >= 0.3); they hold the 99th-percentile depth of the rest."
         ),
     ] = None
+    visualization: Annotated[
+        str | None,
+        Meta(
+            description="Base64 PNG, twice the image's width: the image, and beside it the "
+            "depth map in the turbo colour map (near red, far blue). Absent unless the request "
+            "set visualize."
+        ),
+    ] = None
 
 
 class DepthAnythingResponse(InferenceResponse, kw_only=True):

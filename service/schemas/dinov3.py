@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from engines.families.dinov3.options import Dinov3Options
 from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
@@ -29,6 +32,14 @@ class Dinov3Result(msgspec.Struct, kw_only=True):
     dim: int
     embedding: list[float] | None
     patch_features: PatchFeatures | None
+    visualization: Annotated[
+        str | None,
+        Meta(
+            description="Base64 PNG, twice the image's width: the image, and beside it the first "
+            "three principal components of its patch features as RGB. Null unless the "
+            "request set visualize."
+        ),
+    ] = None
 
 
 class Dinov3Response(InferenceResponse, kw_only=True):

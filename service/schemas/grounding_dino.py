@@ -38,6 +38,13 @@ class GroundingDinoResult(msgspec.Struct, kw_only=True):
     width: int
     height: int
     detections: list[GroundingDinoDetection]
+    visualization: Annotated[
+        str | None,
+        Meta(
+            description="Base64 PNG at the image's size: the boxes drawn over the image, labelled "
+            "with prompt and score. Null unless the request set visualize."
+        ),
+    ] = None
 
 
 class GroundingDinoResponse(InferenceResponse, kw_only=True):

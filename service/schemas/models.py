@@ -14,17 +14,35 @@ from engines.base import CacheStats
 class ModelLoadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Load a variant on a device and engine."""
 
-    model_type: str
-    variant: str | None = None
-    device: str | None = None
-    engine: Literal["auto", "onnx", "torch"] | None = None
+    model_type: Annotated[
+        str, Meta(description="sam3, grounding-dino, depth-anything or dinov3 (or an alias).")
+    ]
+    variant: Annotated[
+        str | None, Meta(description="Checkpoint variant; the model's default when omitted.")
+    ] = None
+    device: Annotated[
+        str | None,
+        Meta(description="cpu, cuda or cuda:N; the server's default device when omitted."),
+    ] = None
+    engine: Annotated[
+        Literal["auto", "onnx", "torch"] | None,
+        Meta(
+            description="auto: ONNX Runtime when a matching exported artifact exists, else "
+            "torch; onnx / torch force one. The server's setting when omitted."
+        ),
+    ] = None
 
 
 class ModelUnloadRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Unload one variant, or every loaded variant of the type when ``variant`` is omitted."""
 
-    model_type: str
-    variant: str | None = None
+    model_type: Annotated[
+        str, Meta(description="sam3, grounding-dino, depth-anything or dinov3 (or an alias).")
+    ]
+    variant: Annotated[
+        str | None,
+        Meta(description="The variant to unload; every loaded variant of the type when omitted."),
+    ] = None
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):

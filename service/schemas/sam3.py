@@ -99,6 +99,14 @@ class Sam3Result(msgspec.Struct, kw_only=True):
     width: int
     height: int
     instances: list[Sam3Instance]
+    visualization: Annotated[
+        str | None,
+        Meta(
+            description="Base64 PNG at the image's size: the masks blended over the image, one "
+            "colour per instance, labelled with prompt and score. Null unless the request "
+            "set visualize."
+        ),
+    ] = None
 
 
 class Sam3Response(InferenceResponse, kw_only=True):

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import asset_b64, free_port, start_server
+from tests.conftest import asset_b64, free_port, server_log, start_server
 from tests.integration.conftest_jobs import (  # noqa: F401 (fixtures)
     REDIS_URL,
     redis_client,
@@ -179,7 +179,8 @@ def test_keys_never_reach_the_log(
     keyed.post("/inference/dinov3", json={"images": ["x"]}, headers={"X-API-Key": OTHER_KEY})
     _, proc = keyed_server
     proc.terminate()
-    log = proc.communicate(timeout=15)[0].decode(errors="replace")
+    proc.wait(timeout=15)
+    log = server_log(proc)
     assert "GET /models/status" in log  # the access log was captured
     for secret in (KEY, OTHER_KEY, FILE_KEY, "sk-wrong-guess-0042"):
         assert secret not in log

@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import assert_clear_error, asset_b64, free_port, start_server, stop_server
+from tests.conftest import (
+    assert_clear_error,
+    asset_b64,
+    free_port,
+    server_log,
+    start_server,
+    stop_server,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_TORCH = '''
@@ -78,7 +85,8 @@ def test_a_500_names_the_model_and_the_request_id_not_the_exception_text(
     # The exception's own message and any path stay in the log.
     assert "No module named" not in body["detail"] and "Traceback" not in response.text
     proc.terminate()
-    log = proc.communicate(timeout=15)[0].decode()
+    proc.wait(timeout=15)
+    log = server_log(proc)
     assert "[req-500-check]" in log and "Traceback" in log and "No module named 'torch'" in log
 
 

@@ -16,7 +16,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("engines", "export", "service")
+PACKAGES = ("engines", "export", "service", "vision_client")
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -49,6 +49,7 @@ def test_contracts_are_kept() -> None:
             "from engines.families.dinov3 import tiny",
             "serving code never",
         ),
+        ("vision_client/errors.py", "import service.settings", "the Python client speaks"),
     ],
 )
 def test_a_planted_violation_is_reported(

@@ -41,3 +41,13 @@ class DepthAnythingOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         ]
         | None
     ) = None
+    visualize: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Also return each result's visualization: a base64 PNG of the image and, beside "
+                "it, the depth map in the turbo colour map (near red, far blue), twice the "
+                "image's width."
+            )
+        ),
+    ] = False

@@ -45,6 +45,7 @@ from PIL import Image
 from engines.base import Pipeline, Prepared
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.v2 import DptPreprocessing, is_v2_config
+from engines.visualize import depth_panel, encode_png, requested
 
 DA3_PROCESS_RES = 504
 # Metric DA3 without the request's focal_px: a camera with this horizontal field of view.
@@ -138,7 +139,8 @@ class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
 
             rgb = np.asarray(image.convert("RGB"))
             pixels = preprocess_da3(rgb, process_res=DA3_PROCESS_RES).numpy()
-        return Prepared({"pixel_values": pixels}, image.width, image.height)
+        extra = {"image": image} if requested(options) else {}
+        return Prepared({"pixel_values": pixels}, image.width, image.height, extra)
 
     def forward(
         self, batch: Sequence[Prepared], options: DepthAnythingOptions
@@ -182,6 +184,11 @@ class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
         result["depth"] = (
             depth_to_png(resized, low, high) if options.output_format == "png" else resized.tolist()
         )
+        if requested(options):
+            panel = depth_panel(
+                prepared.extra["image"], resized, near_is_high=network.relation == "inverse"
+            )
+            result["visualization"] = encode_png(panel)
         if "confidence" in raw:
             confidence = np.asarray(raw["confidence"], np.float64)
             result["confidence"] = {

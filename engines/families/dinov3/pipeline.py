@@ -27,6 +27,7 @@ from engines.images import (
     released_preprocessing,
     resize_normalize,
 )
+from engines.visualize import encode_png, features_panel, requested
 
 # What the released checkpoints' preprocessor_config.json says (used if a directory lacks one).
 DEFAULT_PREPROCESSING = released_preprocessing(
@@ -103,7 +104,8 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
     def prepare(self, image: Image.Image, options: Dinov3Options) -> Prepared:
         """Resize, rescale and normalise one image."""
         pixels = self.preprocessing(image)
-        return Prepared({"pixel_values": pixels}, image.width, image.height)
+        extra = {"image": image} if requested(options) else {}
+        return Prepared({"pixel_values": pixels}, image.width, image.height, extra)
 
     def forward(self, batch: Sequence[Prepared], options: Dinov3Options) -> list[dict[str, Any]]:
         """One forward for the batch; keeps only what the options ask for."""
@@ -122,6 +124,8 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
                 raw["embedding"] = patches[i].mean(axis=0)
             if options.return_patch_features:
                 raw["patches"] = patches[i]
+            if requested(options):
+                raw["visualized"] = patches[i]
             raws.append(raw)
         return raws
 
@@ -134,13 +138,17 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
             embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
         patches = raw.get("patches")
         dim = int(patches.shape[-1] if patches is not None else self._dim(embedding))
-        return {
+        result = {
             "dim": dim,
             "embedding": None if embedding is None else embedding.astype(np.float32).tolist(),
             "patch_features": None
             if patches is None
             else {"grid": list(raw["grid"]), "dim": dim, "data": patches.tolist()},
         }
+        if requested(options):
+            panel = features_panel(prepared.extra["image"], raw["visualized"], raw["grid"])
+            result["visualization"] = encode_png(panel)
+        return result
 
     def _dim(self, embedding: np.ndarray | None) -> int:
         return 0 if embedding is None else embedding.shape[-1]

@@ -36,3 +36,12 @@ class GroundingDinoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     text_threshold: Annotated[
         Score, Meta(description="Tokens whose probability is above this may name the box.")
     ] = 0.25
+    visualize: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Also return each result's visualization: a base64 PNG of the image with every "
+                "box drawn over it, labelled with its prompt and score."
+            )
+        ),
+    ] = False

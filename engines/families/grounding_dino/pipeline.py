@@ -37,6 +37,7 @@ from engines.families.grounding_dino.detections import detections
 from engines.families.grounding_dino.images import Preprocessing, pad_batch
 from engines.families.grounding_dino.options import GroundingDinoOptions
 from engines.families.grounding_dino.text import Caption, encode_prompts
+from engines.visualize import draw_boxes, encode_png, requested
 
 
 @dataclass
@@ -100,7 +101,10 @@ class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
         caption = self.caption(options.prompts)
         pixels = self.preprocessing(image)
         cls = PaddedPrepared if self.pad_batches else Prepared
-        return cls({"pixel_values": pixels}, image.width, image.height, {"caption": caption})
+        extra: dict[str, Any] = {"caption": caption}
+        if requested(options):
+            extra["image"] = image
+        return cls({"pixel_values": pixels}, image.width, image.height, extra)
 
     def forward(
         self, batch: Sequence[Prepared], options: GroundingDinoOptions
@@ -130,6 +134,9 @@ class GroundingDinoPipeline(Pipeline[GroundingDinoOptions]):
             options.text_threshold,
         )
         result = {"width": prepared.width, "height": prepared.height, "detections": found}
+        if requested(options):
+            boxes = [(d["box"], f"{d['label']} {d['score']:.2f}", d["prompt_index"]) for d in found]
+            result["visualization"] = encode_png(draw_boxes(prepared.extra["image"], boxes))
         # Export parity only (its options type adds ``keep_raw``): the queries themselves.
         if getattr(options, "keep_raw", False):
             result["raw"] = raw

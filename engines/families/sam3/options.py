@@ -47,6 +47,16 @@ class Sam3Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "[[x0, y0, x1, y1, ...], ...]; png: base64 of a single-channel PNG (0/255)."
         ),
     ] = "dense"
+    visualize: Annotated[
+        bool,
+        Meta(
+            description=(
+                "Also return each result's visualization: a base64 PNG of the image with every "
+                "mask blended over it, one colour per instance, labelled with its prompt and "
+                "score. Needs the image itself (not an image_id)."
+            )
+        ),
+    ] = False
 
 
 class Sam3EmbedOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -37,6 +37,7 @@ from engines.families.sam3.embeddings import Embedding, image_id, owned
 from engines.families.sam3.options import Sam3EmbedOptions, Sam3Options
 from engines.images import image_to_chw_float, released_preprocessing, resize_normalize
 from engines.masks import encode_mask
+from engines.visualize import MaskOverlay, encode_png, requested
 
 # The released recipe (Sam3ImageProcessor's defaults), for keys a config file lacks.
 DEFAULT_PREPROCESSING = released_preprocessing(
@@ -247,6 +248,13 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         extra: dict[str, Any] = {}
         if not isinstance(options, Sam3EmbedOptions):
             extra["tokens"] = self.tokenizer(options.prompts)
+            if requested(options):
+                if isinstance(image, ImageHandle):
+                    raise InvalidInputError(
+                        "visualize draws over the image, and an image_id carries no pixels: "
+                        "send the image itself, or leave visualize off."
+                    )
+                extra["image"] = image
         if isinstance(image, ImageHandle):
             embedding = self.cache.get(image.image_id)
             if embedding is None:
@@ -325,6 +333,7 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         scale = np.asarray([width, height, width, height], np.float32)
         # Stable sort: equal scores keep prompt order, then query order.
         order = np.argsort(-raw.scores, kind="stable")
+        overlay = MaskOverlay(prepared.extra["image"]) if requested(options) else None
         instances = []
         for k in order:
             # One mask at a time: at input resolution each is H·W floats.
@@ -334,17 +343,21 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
             )
             mask = (resized[0, 0] > options.mask_threshold).numpy()
             prompt_index = int(raw.prompt_index[k])
-            instances.append(
-                {
-                    "prompt": options.prompts[prompt_index],
-                    "prompt_index": prompt_index,
-                    "score": float(raw.scores[k]),
-                    "box": [float(v) for v in raw.boxes[k] * scale],
-                    "area": int(mask.sum()),
-                    "mask": encode_mask(mask, options.output_format),
-                }
-            )
-        return {"width": width, "height": height, "instances": instances}
+            instance = {
+                "prompt": options.prompts[prompt_index],
+                "prompt_index": prompt_index,
+                "score": float(raw.scores[k]),
+                "box": [float(v) for v in raw.boxes[k] * scale],
+                "area": int(mask.sum()),
+                "mask": encode_mask(mask, options.output_format),
+            }
+            if overlay is not None:
+                overlay.add(mask, instance["box"], f"{instance['prompt']} {instance['score']:.2f}")
+            instances.append(instance)
+        result: dict[str, Any] = {"width": width, "height": height, "instances": instances}
+        if overlay is not None:
+            result["visualization"] = encode_png(overlay.render())
+        return result
 
     def warmup(self) -> None:
         """Run the text path, and the image path unless it would only cost time (CPU).
