@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 from pathlib import Path
 
 import psutil
 import pytest
 from PIL import Image
 
+from benchmarks.checkpoints import dinov3_vits16
 from engines.base import VariantSpec
 from engines.budget import Resident, plan_room
 from engines.errors import UnavailableError
@@ -118,28 +118,8 @@ async def test_a_model_larger_than_the_budget_is_a_503() -> None:
     await pool.close()
 
 
-def write_vit_small(directory: Path) -> None:
-    """A DINOv3 ViT-S/16-sized checkpoint (21.6 M parameters, ~86 MB), random weights."""
-    import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    from engines.families.dinov3.pipeline import DEFAULT_PREPROCESSING
-
-    torch.manual_seed(0)
-    config = DINOv3ViTConfig(
-        hidden_size=384,
-        intermediate_size=1536,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        patch_size=16,
-        num_register_tokens=4,
-    )
-    DINOv3ViTModel(config).save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(DEFAULT_PREPROCESSING))
-
-
 async def test_unloading_gives_the_memory_back(tmp_path: Path) -> None:
-    write_vit_small(tmp_path / "vits")
+    dinov3_vits16(tmp_path / "vits")  # the benchmarks' ViT-S/16 writer: ~86 MB of weights
     table = VariantTable("s", {"s": VariantSpec("s", str(tmp_path / "vits"))})
     pool = ModelPool(default_registry(), PoolConfig(variants={"dinov3": table}))
     process = psutil.Process()
