@@ -186,6 +186,38 @@ def run_pipeline(
     return [pipeline.postprocess(r, p, options) for r, p in zip(raw, prepared, strict=True)]
 
 
+def run_task(
+    pipeline: Pipeline[Any], task: str, images: Sequence[Image.Image], options: Any
+) -> dict[str, Any]:
+    """Run a pipeline's task synchronously in this thread (export checks, benchmarks)."""
+    runner = pipeline.task(task)
+    prepared = runner.prepare(images, options)
+    return runner.postprocess(runner.forward(prepared, options), prepared, options)
+
+
+class Task(abc.ABC, Generic[OptionsT]):
+    """A computation over all of a request's images at once: one forward, one result.
+
+    Per-image work goes through :class:`Pipeline`'s prepare / forward / postprocess, with
+    images batched across requests; a task (a Depth Anything 3 scene: views that attend to each
+    other) needs every image of the request in the same forward, so it is never batched with
+    other requests. The pool runs ``prepare`` and ``postprocess`` on its helper threads and
+    ``forward`` on a compute thread, like a pipeline's steps.
+    """
+
+    @abc.abstractmethod
+    def prepare(self, images: Sequence[Image.Image], options: OptionsT) -> Any:
+        """Pre-process the request's images (CPU, thread-safe)."""
+
+    @abc.abstractmethod
+    def forward(self, prepared: Any, options: OptionsT) -> Any:
+        """Run the core once on everything ``prepare`` returned."""
+
+    @abc.abstractmethod
+    def postprocess(self, raw: Any, prepared: Any, options: OptionsT) -> dict[str, Any]:
+        """The request's JSON-ready result (CPU, thread-safe)."""
+
+
 class Pipeline(abc.ABC, Generic[OptionsT]):
     """A loaded variant: its family's pre/post-processing around a :class:`Core`.
 
@@ -211,6 +243,16 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once after loading so the first request does not pay for lazy set-up."""
+
+    def task(self, name: str) -> Task[Any]:
+        """The loaded variant's :class:`Task` called ``name`` (see ``Family.tasks``).
+
+        Raises:
+            InvalidInputError: This variant cannot run that task.
+        """
+        from engines.errors import InvalidInputError
+
+        raise InvalidInputError(f"This model has no {name} task.")
 
     def cache_stats(self) -> CacheStats | None:
         """The family's cache counters (``/models/status``), or None where it keeps none."""
@@ -256,6 +298,8 @@ class Family(abc.ABC):
         options_type: The family's options (a msgspec Struct); the HTTP request of its
             endpoint extends it with ``images`` and ``variant``.
         accepts_image_ids: Whether ``prepare`` takes an :class:`ImageHandle` in place of pixels.
+        tasks: Whole-request tasks the family's pipelines run (:meth:`Pipeline.task`), by
+            name, with their options types.
         max_batch_size: The default most images in one forward, by device kind (``cpu``,
             ``cuda``); settings override it.
     """
@@ -272,6 +316,19 @@ class Family(abc.ABC):
     # The bf16 check on CPU: metric → (">=" or "<=", limit) against the float32 run; a family
     # without gates always runs float32 on CPU.
     precision_gates: Mapping[str, tuple[str, float]] = {}
+    # Whole-request tasks (``Task``) beside the per-image endpoint: name → options type.
+    tasks: Mapping[str, type[Any]] = {}
+
+    def check_task(  # noqa: B027 - optional hook
+        self, task: str, images: int, options: Any, device_kind: str, budget: float | None
+    ) -> None:
+        """Refuse a task request that the device's ``budget`` (settings) cannot take.
+
+        Called before any image is decoded, and again on the device the model runs on.
+
+        Raises:
+            PayloadTooLargeError: The request exceeds the budget (413).
+        """
 
     def precision_metrics(
         self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
@@ -328,6 +385,19 @@ class FamilyExport(abc.ABC):
         self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
     ) -> dict[str, float]:
         """Compare two runs' results (same images, same options); keys match the gates."""
+
+    def task_parity_options(self, images: Sequence[Image.Image]) -> list[tuple[str, Any]]:
+        """``(task, options)`` runs of the family's tasks the parity check adds, on all photos.
+
+        A checkpoint whose pipeline lacks the task (``Pipeline.task`` refuses) skips them.
+        """
+        return []
+
+    def task_parity_metrics(
+        self, task: str, reference: dict[str, Any], candidate: dict[str, Any]
+    ) -> dict[str, float]:
+        """Compare two runs of ``task``; keys match the gates."""
+        raise NotImplementedError(f"no parity metrics for task {task}")
 
 
 TinyWriter = Callable[[Path], dict[str, str]]

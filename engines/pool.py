@@ -10,12 +10,13 @@ precision, warm-up) is :mod:`engines.loading`'s. Batching and caching hang off :
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +75,9 @@ class PoolConfig:
         image_cache_ttl_s: Seconds an unused entry of that cache is kept.
         max_in_flight_per_model: Requests one loaded model takes at once; beyond it
             :meth:`ModelPool.run` refuses at once (503) rather than queueing without bound.
+        task_budgets: ``"<model_type>/<task>"`` → device kind (``cpu``, ``cuda``) → the most
+            work one request of that task may ask of one forward, in the family's units
+            (``Family.check_task``); absent: no limit beyond the request schema's.
     """
 
     device: str = "auto"
@@ -97,6 +101,7 @@ class PoolConfig:
     image_cache_mb: float | None = 0.0
     image_cache_ttl_s: float = 600.0
     max_in_flight_per_model: int | None = 64
+    task_budgets: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -495,6 +500,64 @@ class ModelPool:
                     f"{resolved.model_type} takes images, not image_id items; only "
                     f"{takers or 'no model'} accepts them."
                 )
+        async with self._admitted(resolved) as model:
+            return await self._infer_loaded(model, images, options)
+
+    async def run_task(
+        self, resolved: ResolvedModel, task: str, images: Sequence[Image.Image], options: Any
+    ) -> InferenceOutcome:
+        """Run the whole-request :class:`~engines.base.Task` ``task`` on ``images``.
+
+        Admission (lazy loading, the in-flight limit) as :meth:`run`; the task's budget is
+        checked on the device the model is loaded on. The outcome has one result.
+
+        Raises:
+            InvalidInputError: The variant has no such task.
+            PayloadTooLargeError: The request exceeds the task's budget on that device.
+        """
+        async with self._admitted(resolved) as model:
+            self._check_task(resolved, task, len(images), options, model.device)
+            runner = model.pipeline.task(task)
+            started = time.perf_counter()
+            prepared = await self._guarded(model, self._cpu, runner.prepare, images, options)
+            t_pre = time.perf_counter()
+            raw = await self._guarded(model, self._compute, runner.forward, prepared, options)
+            t_inf = time.perf_counter()
+            result = await self._guarded(
+                model, self._cpu, runner.postprocess, raw, prepared, options
+            )
+            t_post = time.perf_counter()
+            self._used(model)
+            timings = {
+                "preprocess": (t_pre - started) * 1e3,
+                "inference": (t_inf - t_pre) * 1e3,
+                "postprocess": (t_post - t_inf) * 1e3,
+            }
+            return InferenceOutcome(model, [result], timings)
+
+    def check_task(self, resolved: ResolvedModel, task: str, images: int, options: Any) -> None:
+        """The task's budget check before anything runs (job submission, request intake).
+
+        Uses the device the model is loaded on, else the one it would be loaded on.
+
+        Raises:
+            PayloadTooLargeError: The request exceeds the task's budget on that device.
+        """
+        loaded = self._models.get(resolved.key)
+        device = loaded.device if loaded is not None else resolve_device(self.config.device)
+        self._check_task(resolved, task, images, options, device)
+
+    def _check_task(
+        self, resolved: ResolvedModel, task: str, images: int, options: Any, device: str
+    ) -> None:
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        budget = self.config.task_budgets.get(f"{resolved.model_type}/{task}", {}).get(kind)
+        family = self.registry.get(resolved.model_type)
+        family.check_task(task, images, options, kind, budget)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, resolved: ResolvedModel) -> AsyncIterator[LoadedModel]:
+        """The loaded model, counted in flight for the duration (503 beyond the limit)."""
         model = self._models.get(resolved.key)
         if model is None:
             if not self.config.lazy_loading:
@@ -512,11 +575,17 @@ class ModelPool:
         model.in_flight += 1
         model.idle.clear()
         try:
-            return await self._infer_loaded(model, images, options)
+            yield model
         finally:
             model.in_flight -= 1
             if model.in_flight == 0:
                 model.idle.set()
+
+    @staticmethod
+    def _used(model: LoadedModel) -> None:
+        model.requests += 1
+        model.last_used_at = datetime.now(UTC)
+        model.last_used_mono = time.monotonic()
 
     async def _infer_loaded(
         self, model: LoadedModel, images: Sequence[Image.Image | ImageHandle], options: Any
@@ -541,9 +610,7 @@ class ModelPool:
             )
         )
         t_post = time.perf_counter()
-        model.requests += 1
-        model.last_used_at = datetime.now(UTC)
-        model.last_used_mono = time.monotonic()
+        self._used(model)
         timings = {
             "preprocess": (t_pre - started) * 1e3,
             "inference": (t_inf - t_pre) * 1e3,

@@ -31,6 +31,8 @@ class TorchCore:
         graphs: Graph name to a function taking tensors by input name and returning tensors.
         device: Device the module lives on.
         dtype: Floating dtype of the module; float inputs are cast to it.
+        float32_inputs: Inputs kept in float32 whatever ``dtype`` is (camera matrices, which
+            half precision would round).
     """
 
     engine = "torch"
@@ -41,11 +43,13 @@ class TorchCore:
         graphs: Mapping[str, GraphFn],
         device: str,
         dtype: str,
+        float32_inputs: Sequence[str] = (),
     ) -> None:
         self.module = module.eval()
         self.graphs = dict(graphs)
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
+        self.float32_inputs = frozenset(float32_inputs)
 
     def run(
         self, graph: str, inputs: Mapping[str, np.ndarray | torch.Tensor], *, host: bool = True
@@ -55,21 +59,27 @@ class TorchCore:
         With ``host=False`` the outputs stay tensors on the device, to chain graphs without
         copying through host memory.
         """
-        tensors = {name: self._to_device(a) for name, a in inputs.items()}
+        tensors = {
+            name: self._to_device(a, torch.float32 if name in self.float32_inputs else None)
+            for name, a in inputs.items()
+        }
         with torch.inference_mode():
             outputs = self.graphs[graph](**tensors)
         if not host:
             return {name: t for name, t in outputs.items() if t is not None}
         return {name: to_host(t) for name, t in outputs.items() if t is not None}
 
-    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _to_device(
+        self, array: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        dtype = dtype or self.dtype
         if isinstance(array, torch.Tensor):
             if array.is_floating_point():
-                return array.to(self.device, self.dtype)
+                return array.to(self.device, dtype)
             return array.to(self.device)
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if tensor.is_floating_point():
-            return tensor.to(self.device, self.dtype, non_blocking=True)
+            return tensor.to(self.device, dtype, non_blocking=True)
         return tensor.to(self.device, non_blocking=True)
 
     def memory_bytes(self) -> int:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from engines.artifacts import failed_gates
-from engines.base import Family, FamilyExport, Pipeline, family_export, run_pipeline
-from engines.errors import NotFoundError
+from engines.base import Family, FamilyExport, Pipeline, family_export, run_pipeline, run_task
+from engines.errors import InvalidInputError, NotFoundError
 
 DEFAULT_PHOTOS = ("chelsea.jpg", "astronaut.png", "coffee.png", "rocket.jpg")
 
@@ -50,6 +50,7 @@ class ReferenceRuns:
 
     images: list[Image.Image]
     runs: list[tuple[Any, int, list[dict[str, Any]]]]
+    task_runs: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)
 
 
 def reference_runs(
@@ -63,12 +64,20 @@ def reference_runs(
     images = [Image.open(p).convert("RGB") for p in (image_paths or default_images())]
     if not images:
         raise ParityError("no photos to check parity on")
+    export = exporter(family)
     runs = [
         (options, batch, run_pipeline(reference, images, options, max_batch_size=batch))
-        for options in exporter(family).parity_options()
+        for options in export.parity_options()
         for batch in (1, 4)
     ]
-    return ReferenceRuns(images, runs)
+    task_runs = []
+    for task, options in export.task_parity_options(images):
+        try:
+            reference.task(task)
+        except InvalidInputError:  # this checkpoint has no such task (a mono depth model)
+            continue
+        task_runs.append((task, options, run_task(reference, task, images, options)))
+    return ReferenceRuns(images, runs, task_runs)
 
 
 def compare(
@@ -92,16 +101,26 @@ def compare(
         got = run_pipeline(candidate, expected.images, options, max_batch_size=batch)
         if not _finite(got):
             raise ParityError(f"{family.name}: the ONNX pipeline produced NaN or Inf")
-        for metric, value in export.parity_metrics(reference_results, got).items():
-            op = export.parity_gates.get(metric, ("<=", math.inf))[0]
-            previous = worst.get(metric)
-            if previous is None or (value < previous if op == ">=" else value > previous):
-                worst[metric] = value
+        _keep_worst(worst, export, export.parity_metrics(reference_results, got))
+    for task, options, reference_result in expected.task_runs:
+        got_task = run_task(candidate, task, expected.images, options)
+        if not _finite(got_task):
+            raise ParityError(f"{family.name}: the ONNX {task} produced NaN or Inf")
+        _keep_worst(worst, export, export.task_parity_metrics(task, reference_result, got_task))
     if enforce_gates:
         failed = failed_gates(export.parity_gates, worst)
         if failed:
             raise ParityError(f"{family.name}: parity gates failed: {'; '.join(failed)}")
     return worst
+
+
+def _keep_worst(worst: dict[str, float], export: FamilyExport, figures: dict[str, float]) -> None:
+    """Fold ``figures`` into ``worst``: the lowest of ``>=`` gates, the highest of others."""
+    for metric, value in figures.items():
+        op = export.parity_gates.get(metric, ("<=", math.inf))[0]
+        previous = worst.get(metric)
+        if previous is None or (value < previous if op == ">=" else value > previous):
+            worst[metric] = value
 
 
 def _finite(value: Any) -> bool:

@@ -32,7 +32,7 @@ def schema_module_name(model_type: str) -> str:
 def discover_endpoints(
     registry: FamilyRegistry, extra: Iterable[Endpoint] = ()
 ) -> dict[str, Endpoint]:
-    """Every family's endpoint by canonical model type, checked against the family.
+    """Every family's endpoints by name (``Endpoint.name``), checked against the family.
 
     Args:
         registry: The families served.
@@ -43,12 +43,21 @@ def discover_endpoints(
             family's options type with ``images`` and ``variant``, or an endpoint names no
             registered family.
     """
-    given = {endpoint.model_type: endpoint for endpoint in extra}
+    given = {endpoint.name: endpoint for endpoint in extra}
     endpoints: dict[str, Endpoint] = {}
     for family in registry:
-        endpoint = given.pop(family.name, None) or _declared(family.name)
-        check_endpoint(family, endpoint)
-        endpoints[family.name] = endpoint
+        endpoint = given.pop(family.name, None)
+        tasks: list[Endpoint] = []
+        if endpoint is None:
+            endpoint, tasks = _declared(family.name)
+        tasks += [given.pop(name) for name in list(given) if given[name].model_type == family.name]
+        for declared in (endpoint, *tasks):
+            check_endpoint(family, declared)
+            endpoints[declared.name] = declared
+        if missing := set(family.tasks) - {task.task for task in tasks}:
+            raise EndpointMismatchError(
+                f"{family.name} has tasks without an endpoint: {', '.join(sorted(missing))}."
+            )
     if given:
         raise EndpointMismatchError(
             f"Endpoints for unregistered model types: {', '.join(sorted(given))}."
@@ -56,7 +65,8 @@ def discover_endpoints(
     return endpoints
 
 
-def _declared(model_type: str) -> Endpoint:
+def _declared(model_type: str) -> tuple[Endpoint, list[Endpoint]]:
+    """``ENDPOINT`` and ``TASK_ENDPOINTS`` of the family's schema module."""
     name = schema_module_name(model_type)
     try:
         module = importlib.import_module(name)
@@ -69,17 +79,25 @@ def _declared(model_type: str) -> Endpoint:
     endpoint = getattr(module, "ENDPOINT", None)
     if not isinstance(endpoint, Endpoint):
         raise EndpointMismatchError(f"{name} does not define ENDPOINT = Endpoint(...).")
-    return endpoint
+    tasks = list(getattr(module, "TASK_ENDPOINTS", ()))
+    if not all(isinstance(task, Endpoint) and task.task for task in tasks):
+        raise EndpointMismatchError(f"{name}: TASK_ENDPOINTS holds an Endpoint without a task.")
+    return endpoint, tasks
 
 
 def check_endpoint(family: Family, endpoint: Endpoint) -> None:
     """Raise :class:`EndpointMismatchError` unless ``endpoint`` fits ``family``."""
-    where = f"the {family.name} endpoint"
+    where = f"the {endpoint.name} endpoint"
     if endpoint.model_type != family.name:
         raise EndpointMismatchError(
             f"{where} declares model_type {endpoint.model_type!r}, not {family.name!r}."
         )
-    options = getattr(family, "options_type", None)
+    if endpoint.task is None:
+        options = getattr(family, "options_type", None)
+    elif endpoint.task in family.tasks:
+        options = family.tasks[endpoint.task]
+    else:
+        raise EndpointMismatchError(f"{where}: {family.name} has no task {endpoint.task!r}.")
     if options is None or not issubclass(endpoint.request, options):
         raise EndpointMismatchError(
             f"{where}: request {endpoint.request.__name__} does not extend the family's "
@@ -101,5 +119,5 @@ def check_endpoint(family: Family, endpoint: Endpoint) -> None:
 
 
 def request_types(endpoints: Mapping[str, Endpoint]) -> dict[str, type]:
-    """Canonical model type → request Struct (the job codec and submission decode with it)."""
+    """Endpoint name → request Struct (the job codec and submission decode with it)."""
     return {name: endpoint.request for name, endpoint in endpoints.items()}

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+from PIL import Image
 
-from engines.errors import NotFoundError, PayloadTooLargeError
+from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from engines.pool import ModelPool, ResolvedModel
 from service.images import DecodedImage, ImageDecoder
 from service.schemas.common import Endpoint, ImageInput, InferenceRequest, InferenceResponse
@@ -25,9 +26,12 @@ class InferenceService:
         pool: The model pool.
         decoder: Image decoding under the URL policy and pixel limit.
         max_images: Most images in one request (413 beyond).
-        endpoints: Canonical model type → its endpoint (request and response types).
+        endpoints: Endpoint name (``Endpoint.name``) → the endpoint (request and response
+            types).
         max_prompts: Most prompts in one request (413 beyond), for models that take prompts;
             None leaves only each model's own bound.
+        max_task_images: Endpoint name → most images in one request of that task endpoint
+            (a scene's views), in place of ``max_images``.
     """
 
     def __init__(
@@ -37,30 +41,38 @@ class InferenceService:
         max_images: int,
         endpoints: Mapping[str, Endpoint],
         max_prompts: int | None = None,
+        max_task_images: Mapping[str, int] | None = None,
     ) -> None:
         self.pool = pool
         self.decoder = decoder
         self.max_images = max_images
+        self.max_task_images = dict(max_task_images or {})
         self.max_prompts = max_prompts
         self.endpoints = dict(endpoints)
 
-    def endpoint(self, model_type: str) -> Endpoint:
-        """The endpoint of a model type or alias.
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint called ``name``: a model type or alias, or a task's ``<model>-<task>``.
 
         Raises:
             NotFoundError: Unknown model type, or one without an inference endpoint.
         """
-        name = self.pool.registry.canonical(model_type)
-        try:
+        if name in self.endpoints:
             return self.endpoints[name]
+        canonical = self.pool.registry.canonical(name)
+        try:
+            return self.endpoints[canonical]
         except KeyError:
-            raise NotFoundError(f"Model type {name} has no inference endpoint.") from None
+            raise NotFoundError(f"Model type {canonical} has no inference endpoint.") from None
 
-    def check_count(self, images: Sequence[ImageInput]) -> None:
+    def check_count(self, images: Sequence[ImageInput], endpoint: Endpoint | None = None) -> None:
         """Raise a 413 error when a request has more images than allowed."""
-        if len(images) > self.max_images:
+        limit = self.max_images
+        if endpoint is not None:
+            limit = self.max_task_images.get(endpoint.name, limit)
+        if len(images) > limit:
+            what = "views in one scene" if endpoint is not None and endpoint.task else "images"
             raise PayloadTooLargeError(
-                f"{len(images)} images in one request; at most {self.max_images} are allowed. "
+                f"{len(images)} {what} in one request; at most {limit} are allowed. "
                 "Split the request or submit several jobs."
             )
 
@@ -74,18 +86,33 @@ class InferenceService:
                 "requests."
             )
 
-    async def decode(self, request: InferenceRequest) -> list[DecodedImage]:
+    async def decode(
+        self, request: InferenceRequest, endpoint: Endpoint | None = None
+    ) -> list[DecodedImage]:
         """Check the image and prompt counts, fetch and decode every image."""
-        self.check_count(request.images)
+        self.check_count(request.images, endpoint)
         self.check_prompts(request)
         return await self.decoder.decode_all(request.images)
 
-    async def run(self, model_type: str, request: InferenceRequest) -> InferenceResponse:
-        """Decode and infer; the response of ``model_type``'s endpoint."""
+    def resolve(self, endpoint: Endpoint, request: InferenceRequest) -> ResolvedModel:
+        """The request's model (404 for an unknown variant); a task's budget checked (413).
+
+        Both before any image is fetched or decoded.
+        """
+        resolved = self.pool.resolve(endpoint.model_type, request.variant)
+        if endpoint.task is not None:
+            self.pool.check_task(resolved, endpoint.task, len(request.images), request)
+        return resolved
+
+    async def run(self, name: str, request: InferenceRequest) -> InferenceResponse:
+        """Decode and infer; the response of the endpoint called ``name``."""
         started = time.perf_counter()
-        resolved = self.pool.resolve(model_type, request.variant)  # 404 before any fetch
-        images = await self.decode(request)
-        return await self.run_decoded(resolved, request, images, started)
+        endpoint = self.endpoint(name)
+        resolved = self.resolve(endpoint, request)
+        if endpoint.task is not None:  # e.g. a scene of a model that has no cameras: 400 now
+            await self.pool.check_options(resolved, request)
+        images = await self.decode(request, endpoint)
+        return await self.run_decoded(resolved, request, images, started, endpoint)
 
     async def run_decoded(
         self,
@@ -93,21 +120,32 @@ class InferenceService:
         request: InferenceRequest,
         images: Sequence[DecodedImage],
         started: float | None = None,
+        endpoint: Endpoint | None = None,
     ) -> InferenceResponse:
-        """Infer on already decoded images (the job worker's entry point)."""
+        """Infer on already decoded images (the job worker's entry point).
+
+        ``endpoint`` defaults to the model type's per-image endpoint.
+        """
         started = time.perf_counter() if started is None else started
+        endpoint = endpoint or self.endpoints[resolved.model_type]
         decode_ms = (time.perf_counter() - started) * 1e3
-        outcome = await self.pool.run(resolved, [d.image for d in images], request)
+        pixels = [d.image for d in images]
+        if endpoint.task is None:
+            outcome = await self.pool.run(resolved, pixels, request)
+            body: dict[str, Any] = {"results": outcome.results}
+        else:
+            frames = [image for image in pixels if isinstance(image, Image.Image)]
+            if len(frames) != len(pixels):  # image_id items are refused at the edge already
+                raise InvalidInputError(f"{endpoint.name} takes images, not image_id items.")
+            outcome = await self.pool.run_task(resolved, endpoint.task, frames, request)
+            body = dict(outcome.results[0])
         timings: dict[str, Any] = {"decode": decode_ms, **outcome.timings_ms}
         timings["total"] = (time.perf_counter() - started) * 1e3
-        return msgspec.convert(
-            {
-                "model_type": resolved.model_type,
-                "variant": outcome.model.variant,
-                "engine": outcome.model.engine,
-                "device": outcome.model.device,
-                "results": outcome.results,
-                "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-            },
-            self.endpoints[resolved.model_type].response,
+        body.update(
+            model_type=resolved.model_type,
+            variant=outcome.model.variant,
+            engine=outcome.model.engine,
+            device=outcome.model.device,
+            timings_ms={k: round(v, 3) for k, v in timings.items()},
         )
+        return msgspec.convert(body, endpoint.response)

@@ -55,6 +55,8 @@ class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # More prompts in one request are a 413 (below each model's own bound: SAM3 32, GroundingDINO
     # 64); unset: only the model's bound.
     max_prompts_per_request: Annotated[int, Meta(ge=1)] | None = None
+    # More views in one Depth Anything scene (POST /inference/depth-anything/scene) are a 413.
+    max_scene_views: Annotated[int, Meta(ge=2)] = 16
 
 
 class SecuritySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,6 +133,12 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sam3_cache_mb: Annotated[float, Meta(ge=0)] | None = None
     # Seconds an embedding is kept after its last use.
     sam3_cache_ttl_s: Annotated[float, Meta(gt=0)] = 600.0
+    # Most views one Depth Anything scene forward may take on CPU, counted at process_res 504
+    # (a view at process_res r counts (r / 504)²): all views attend to each other in one
+    # forward, so a bigger scene is a 413 rather than an out-of-memory crash.
+    scene_view_budget_cpu: Annotated[float, Meta(gt=0)] = 16.0
+    # The same on a CUDA device.
+    scene_view_budget_cuda: Annotated[float, Meta(gt=0)] = 32.0
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -59,6 +59,12 @@ def pool_config(settings: Settings) -> PoolConfig:
         image_cache_mb=runtime.sam3_cache_mb,  # only SAM3 keeps a per-image cache
         image_cache_ttl_s=runtime.sam3_cache_ttl_s,
         variants=tables,
+        task_budgets={
+            "depth-anything/scene": {
+                "cpu": runtime.scene_view_budget_cpu,
+                "cuda": runtime.scene_view_budget_cuda,
+            }
+        },
     )
 
 
@@ -88,6 +94,7 @@ def build_inference(
         settings.limits.max_images_per_request,
         endpoints,
         max_prompts=settings.limits.max_prompts_per_request,
+        max_task_images={"depth-anything-scene": settings.limits.max_scene_views},
     )
 
 

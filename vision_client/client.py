@@ -15,12 +15,14 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import msgspec
+import numpy as np
 
 from vision_client.errors import VisionAPIError
 from vision_client.images import ImageLike, encode_images
 from vision_client.results import (
     RESPONSE_TYPES,
     DepthResponse,
+    DepthSceneResponse,
     Dinov3Response,
     GroundingDinoResponse,
     InferenceResponse,
@@ -54,6 +56,21 @@ def _typed(kind: type[T]) -> Callable[[bytes], T]:
 def _body(**fields: Any) -> dict[str, Any]:
     """The fields that are set (None means "the server's default")."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _matrices(matrices: Any, rows: int) -> list[list[list[float]]] | None:
+    """Per-view matrices (nested lists or arrays) as JSON lists of ``rows`` x ``rows``.
+
+    A 3x4 extrinsics matrix, as a scene response returns it, gets its last row 0 0 0 1.
+    """
+    if matrices is None:
+        return None
+    array = np.asarray(matrices, np.float64)
+    if rows == 4 and array.ndim == 3 and array.shape[1] == 3:
+        bottom = np.broadcast_to([0.0, 0.0, 0.0, 1.0], (len(array), 1, 4))
+        array = np.concatenate([array, bottom], axis=1)
+    matrix_list: list[list[list[float]]] = array.tolist()
+    return matrix_list
 
 
 def _sam3_parse(output_format: str) -> Callable[[bytes], Sam3Response]:
@@ -142,6 +159,35 @@ class _Calls:
             visualize=visualize or None,
         )
         return Call("POST", "/inference/depth-anything", _typed(DepthResponse), body)
+
+    def depth_scene(
+        self,
+        images: Sequence[ImageLike],
+        extrinsics: Any = None,
+        intrinsics: Any = None,
+        ref_view_strategy: str | None = None,
+        process_res: int | None = None,
+        output_format: str | None = None,
+        point_cloud: str | None = None,
+        conf_percentile: float | None = None,
+        max_points: int | None = None,
+        variant: str | None = None,
+        visualize: bool = False,
+    ) -> Call[DepthSceneResponse]:
+        body = _body(
+            images=encode_images(images),  # type: ignore[arg-type]
+            extrinsics=_matrices(extrinsics, 4),
+            intrinsics=_matrices(intrinsics, 3),
+            ref_view_strategy=ref_view_strategy,
+            process_res=process_res,
+            output_format=output_format,
+            point_cloud=point_cloud,
+            conf_percentile=conf_percentile,
+            max_points=max_points,
+            variant=variant,
+            visualize=visualize or None,
+        )
+        return Call("POST", "/inference/depth-anything/scene", _typed(DepthSceneResponse), body)
 
     def dinov3(
         self,
@@ -274,6 +320,24 @@ class VisionClient:
         """
         return self._send(self._calls.depth(images, **options))
 
+    def depth_scene(self, images: Sequence[Any], **options: Any) -> DepthSceneResponse:
+        """``POST /inference/depth-anything/scene``: 2 or more views of one scene in one forward.
+
+        Args:
+            images: The views (2 to the server's ``max_scene_views``, default 16), in order;
+                sizes may differ.
+            **options: ``extrinsics`` (4x4 world-to-camera per view; 3x4 is completed) with
+                ``intrinsics`` (3x3 per view, input pixels), as lists or numpy arrays;
+                ``ref_view_strategy``, ``process_res``, ``output_format`` (array, png),
+                ``point_cloud`` (none, ply, glb), ``conf_percentile``, ``max_points``,
+                ``variant`` (any-view DA3), ``visualize``.
+
+        Returns:
+            The response: ``views[i].depth_array()``, ``.extrinsics_matrix()``, ...; and
+            ``point_cloud.save(path)`` when one was asked for.
+        """
+        return self._send(self._calls.depth_scene(images, **options))
+
     def dinov3(self, images: Any, **options: Any) -> Dinov3Response:
         """``POST /inference/dinov3``: embeddings (and patch features).
 
@@ -358,6 +422,10 @@ class AsyncVisionClient:
     async def depth(self, images: Any, **options: Any) -> DepthResponse:
         """See :meth:`VisionClient.depth`."""
         return await self._send(self._calls.depth(images, **options))
+
+    async def depth_scene(self, images: Sequence[Any], **options: Any) -> DepthSceneResponse:
+        """See :meth:`VisionClient.depth_scene`."""
+        return await self._send(self._calls.depth_scene(images, **options))
 
     async def dinov3(self, images: Any, **options: Any) -> Dinov3Response:
         """See :meth:`VisionClient.dinov3`."""

@@ -6,7 +6,9 @@ The Structs name the fields the client reads; fields a newer server adds are ign
 from __future__ import annotations
 
 import base64
+import builtins
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -222,6 +224,84 @@ class DepthResponse(InferenceResponse, kw_only=True):
     results: list[DepthResult]
 
 
+class SceneView(msgspec.Struct, kw_only=True):
+    """One view of a scene: depth, confidence and camera, in the view's input pixels.
+
+    Depth is along the camera's z axis, in one scale shared by every view of the response;
+    pixels the network never saw (cropped away to bring the views to one size) are 0 in both
+    maps.
+    """
+
+    width: int
+    height: int
+    min: float
+    max: float
+    depth: Any
+    confidence_min: float
+    confidence_max: float
+    confidence: Any
+    extrinsics: list[list[float]]
+    intrinsics: list[list[float]]
+
+    def depth_array(self) -> np.ndarray:
+        """The depth map as a float32 (height, width) array, from array or PNG output alike."""
+        return decode_depth(self.depth, self.min, self.max)
+
+    def confidence_array(self) -> np.ndarray:
+        """The confidence map (>= 1 where seen, 0 where not) as a float32 (height, width) array."""
+        return decode_depth(self.confidence, self.confidence_min, self.confidence_max)
+
+    def extrinsics_matrix(self) -> np.ndarray:
+        """World-to-camera as a float64 (4, 4) matrix (the 3x4 ``extrinsics`` and 0 0 0 1)."""
+        matrix = np.eye(4)
+        matrix[:3] = np.asarray(self.extrinsics, np.float64)
+        return matrix
+
+    def intrinsics_matrix(self) -> np.ndarray:
+        """The float64 (3, 3) camera matrix, in the view's input pixels."""
+        return np.asarray(self.intrinsics, np.float64)
+
+    def camera_centre(self) -> np.ndarray:
+        """Where the camera is in the world frame: ``-R^T t`` of ``extrinsics = [R | t]``."""
+        extrinsics = np.asarray(self.extrinsics, np.float64)
+        return -extrinsics[:, :3].T @ extrinsics[:, 3]
+
+
+class ScenePointCloud(msgspec.Struct, kw_only=True):
+    """The scene's point cloud file (PLY or GLB), base64 in ``data``."""
+
+    format: str
+    points: int
+    data: str
+    transform: list[list[float]]
+
+    def bytes(self) -> builtins.bytes:
+        """The file's bytes."""
+        return base64.b64decode(self.data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file to ``path``; returns it as a ``Path``."""
+        target = Path(path)
+        target.write_bytes(self.bytes())
+        return target
+
+    def transform_matrix(self) -> np.ndarray:
+        """World to file coordinates, float64 (4, 4): the identity for PLY."""
+        return np.asarray(self.transform, np.float64)
+
+
+class DepthSceneResponse(InferenceResponse, kw_only=True):
+    """One view per input image, in order; the point cloud and visualization when asked."""
+
+    views: list[SceneView]
+    point_cloud: ScenePointCloud | None = None
+    visualization: str | None = None
+
+    def visualization_image(self) -> PILImage.Image | None:
+        """The strip (``visualize=True``, one row per view) as a PIL image; else None."""
+        return None if self.visualization is None else decode_png_image(self.visualization)
+
+
 class PatchFeatures(msgspec.Struct, kw_only=True):
     """Patch tokens in row-major order on a ``rows x cols`` grid."""
 
@@ -305,5 +385,6 @@ RESPONSE_TYPES: dict[str, type[InferenceResponse]] = {
     "sam3": Sam3Response,
     "grounding-dino": GroundingDinoResponse,
     "depth-anything": DepthResponse,
+    "depth-anything-scene": DepthSceneResponse,
     "dinov3": Dinov3Response,
 }

@@ -94,8 +94,9 @@ async def run_inference(
             else await asyncio.to_thread(inference.decoder.decode_bytes, index, image)
             for index, image in enumerate(images)
         ]
-        resolved = inference.pool.resolve(model_type, request.variant)
-        response = await inference.run_decoded(resolved, request, decoded, started)
+        endpoint = inference.endpoint(model_type)
+        resolved = inference.resolve(endpoint, request)
+        response = await inference.run_decoded(resolved, request, decoded, started, endpoint)
     except UnavailableError as exc:
         return JobOutcome(error=exc.detail, retry_after_s=exc.retry_after_s or 5)
     except VisionError as exc:

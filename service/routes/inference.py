@@ -18,10 +18,10 @@ from service.schemas.common import Endpoint
 
 def inference_handler(endpoint: Endpoint) -> HTTPRouteHandler:
     """The route handler of one endpoint: decode, run through the pool, answer in order."""
-    model_type = endpoint.model_type
+    name = endpoint.name
 
     async def handler(data: Any, inference: Any) -> Any:
-        return await inference.run(model_type, data)
+        return await inference.run(name, data)
 
     body = Body(
         examples=[Example(summary=endpoint.example_summary, value=endpoint.example)]
@@ -34,11 +34,11 @@ def inference_handler(endpoint: Endpoint) -> HTTPRouteHandler:
         "inference": NamedDependency[InferenceService],
         "return": endpoint.response,
     }
-    handler.__name__ = handler.__qualname__ = model_type.replace("-", "_")
+    handler.__name__ = handler.__qualname__ = name.replace("-", "_")
     handler.__doc__ = endpoint.description
-    words = "".join(part.capitalize() for part in model_type.split("-"))
+    words = "".join(part.capitalize() for part in name.split("-"))
     return post(
-        f"/{model_type}",
+        endpoint.path,
         status_code=200,
         summary=endpoint.summary,
         operation_id=f"Inference{words}{words}",

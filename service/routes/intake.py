@@ -17,7 +17,7 @@ from litestar.exceptions import ClientException, ValidationException
 from engines.pool import ResolvedModel
 from service.images import DecodedImage
 from service.inference import InferenceService
-from service.schemas.common import InferenceRequest
+from service.schemas.common import Endpoint, InferenceRequest
 
 _LOCATION = re.compile(r"`\$\.(.+)`$")
 
@@ -52,16 +52,16 @@ def parse_body(model_type: str, request_type: type[Any], body: bytes) -> Inferen
 
 
 async def validate_submission(
-    inference: InferenceService, model_type: str, body: bytes
-) -> tuple[ResolvedModel, InferenceRequest, list[DecodedImage]]:
-    """The resolved model, the request and its decoded images.
+    inference: InferenceService, name: str, body: bytes
+) -> tuple[Endpoint, ResolvedModel, InferenceRequest, list[DecodedImage]]:
+    """The endpoint called ``name``, the resolved model, the request and its decoded images.
 
     Raises:
         VisionError: What a synchronous request with this body would get (400 / 404 / 413).
     """
-    endpoint = inference.endpoint(model_type)
-    request = parse_body(endpoint.model_type, endpoint.request, body)
-    resolved = inference.pool.resolve(endpoint.model_type, request.variant)  # 404 before fetching
+    endpoint = inference.endpoint(name)
+    request = parse_body(endpoint.path.lstrip("/"), endpoint.request, body)
+    resolved = inference.resolve(endpoint, request)  # 404 / 413 before fetching
     await inference.pool.check_options(resolved, request)  # e.g. a prompt over the token limit
-    images = await inference.decode(request)
-    return resolved, request, images
+    images = await inference.decode(request, endpoint)
+    return endpoint, resolved, request, images

@@ -32,7 +32,7 @@ def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
     endpoints = list(endpoints)
     refs = [Reference(f"#/components/schemas/{e.request.__name__}") for e in endpoints]
     examples = {
-        e.model_type: Example(summary=f"{e.model_type}: {e.example_summary}", value=e.example)
+        e.name: Example(summary=f"{e.name}: {e.example_summary}", value=e.example)
         for e in endpoints
     }
 
@@ -43,7 +43,8 @@ def jobs_router(endpoints: Iterable[Endpoint]) -> Router:
         def __post_init__(self) -> None:
             self.request_body = RequestBody(
                 required=True,
-                description="The body of POST /inference/{model_type} for the same model type.",
+                description="The body of POST /inference/{model_type} for the same model type "
+                "(depth-anything-scene: of POST /inference/depth-anything/scene).",
                 content={
                     "application/json": OpenAPIMediaType(
                         schema=Schema(any_of=refs), examples=dict(examples)
@@ -78,7 +79,8 @@ async def submit(
         str,
         Parameter(
             description="sam3, grounding-dino, depth-anything or dinov3 (aliases "
-            "grounding_dino, depth_anything)."
+            "grounding_dino, depth_anything), or depth-anything-scene (the body of POST "
+            "/inference/depth-anything/scene)."
         ),
     ],
     request: Request,
@@ -86,8 +88,10 @@ async def submit(
     jobs: NamedDependency[JobBackend],
 ) -> JobSubmitted:
     """Validate like the synchronous endpoint, then enqueue."""
-    resolved, data, images = await validate_submission(inference, model_type, await request.body())
-    return await jobs.submit(resolved.model_type, data, images)
+    endpoint, _, data, images = await validate_submission(
+        inference, model_type, await request.body()
+    )
+    return await jobs.submit(endpoint.name, data, images)
 
 
 @get(

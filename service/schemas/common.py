@@ -101,8 +101,9 @@ class InferenceResponse(msgspec.Struct, kw_only=True):
 class Endpoint:
     """``POST /inference/<model_type>`` of one family, as its schema module declares it.
 
-    Each ``service/schemas/<family>.py`` defines one as ``ENDPOINT``; the routes, the job
-    submission and the start-up check against the family registry are built from it.
+    Each ``service/schemas/<family>.py`` defines one as ``ENDPOINT`` (and its tasks' as
+    ``TASK_ENDPOINTS``); the routes, the job submission and the start-up check against the
+    family registry are built from it.
 
     Attributes:
         model_type: The family's canonical name (the path segment).
@@ -112,6 +113,9 @@ class Endpoint:
         description: The OpenAPI description.
         example: A request body shown in the docs (it validates against ``request``).
         example_summary: The example's title.
+        task: A whole-request task of the family (``Family.tasks``, e.g. Depth Anything's
+            ``scene``) instead of its per-image inference; its request extends the task's
+            options type, and its response carries the one result's fields at the top level.
     """
 
     model_type: str
@@ -121,3 +125,14 @@ class Endpoint:
     description: str
     example: dict[str, Any] = field(default_factory=dict)
     example_summary: str = "Example"
+    task: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name in job submissions: ``<model_type>`` or ``<model_type>-<task>``."""
+        return self.model_type if self.task is None else f"{self.model_type}-{self.task}"
+
+    @property
+    def path(self) -> str:
+        """Its path under ``/inference``: ``/<model_type>`` or ``/<model_type>/<task>``."""
+        return f"/{self.model_type}" if self.task is None else f"/{self.model_type}/{self.task}"

@@ -1,4 +1,4 @@
-"""``POST /inference/depth-anything``: monocular depth estimation."""
+"""``POST /inference/depth-anything`` (depth per image) and ``.../scene`` (several views)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from engines.families.depth_anything.options import DepthAnythingOptions
-from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
+from engines.families.depth_anything.options import DepthAnythingOptions, DepthSceneOptions
+from service.schemas.common import Endpoint, ImageInput, Images, InferenceResponse, Variant
 
 
 class DepthAnythingRequest(DepthAnythingOptions, kw_only=True, forbid_unknown_fields=True):
@@ -131,3 +131,117 @@ ENDPOINT = Endpoint(
     },
     example_summary="Metric depth as a 16-bit PNG",
 )
+
+
+class DepthSceneRequest(DepthSceneOptions, kw_only=True, forbid_unknown_fields=True):
+    """Views of one scene (the options' description says what comes back)."""
+
+    images: Annotated[
+        list[ImageInput],
+        Meta(
+            min_length=2,
+            description="The views: base64 image bytes, http(s) URLs or {data} / {url} "
+            "objects, 2 to max_scene_views (default 16).",
+        ),
+    ]
+    variant: Variant = None
+
+    def __post_init__(self) -> None:
+        """The options' checks, and one camera per view when cameras are given."""
+        super().__post_init__()
+        for name in ("extrinsics", "intrinsics"):
+            matrices = getattr(self, name)
+            if matrices is not None and len(matrices) != len(self.images):
+                raise ValueError(
+                    f"{name} has {len(matrices)} matrices for {len(self.images)} images; give "
+                    "one per view, in the order of images"
+                )
+
+
+class SceneView(msgspec.Struct, kw_only=True):
+    """One view's depth, confidence and camera, in the view's input pixels."""
+
+    width: int
+    height: int
+    min: Annotated[float, Meta(description="Smallest depth of the view.")]
+    max: Annotated[float, Meta(description="Largest depth of the view.")]
+    depth: Annotated[
+        list[list[float]] | str,
+        Meta(
+            description="Depth along the camera's z axis, one shared scale for all views "
+            "(relative, or the given cameras' scale). array: height rows of width floats; "
+            "png: base64 16-bit PNG, v maps back to min + v / 65535 * (max - min). 0 where "
+            "the network saw no pixel (cropped away to bring views to one size)."
+        ),
+    ]
+    confidence_min: float
+    confidence_max: float
+    confidence: Annotated[
+        list[list[float]] | str,
+        Meta(
+            description="Depth confidence (>= 1, higher is surer; 0 where the network saw no "
+            "pixel), encoded as depth is, between confidence_min and confidence_max."
+        ),
+    ]
+    extrinsics: Annotated[
+        list[list[float]],
+        Meta(
+            description="3x4 world-to-camera [R | t] (OpenCV axes), one world frame for all "
+            "views: x_cam = R x_world + t."
+        ),
+    ]
+    intrinsics: Annotated[
+        list[list[float]],
+        Meta(description="3x3 [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in the view's pixels."),
+    ]
+
+
+class ScenePointCloud(msgspec.Struct, kw_only=True):
+    """The views' depth unprojected into the shared world frame, coloured from the images."""
+
+    format: Literal["ply", "glb"]
+    points: Annotated[int, Meta(description="Number of points in the file.")]
+    data: Annotated[str, Meta(description="Base64 of the file.")]
+    transform: Annotated[
+        list[list[float]],
+        Meta(
+            description="4x4 from world coordinates (the extrinsics' frame) to the file's: the "
+            "identity for PLY; for GLB the official export's glTF alignment (first camera, "
+            "y up, centred on the points)."
+        ),
+    ]
+
+
+class DepthSceneResponse(InferenceResponse, kw_only=True):
+    """One entry per view, in the order of the request's images."""
+
+    views: list[SceneView]
+    point_cloud: ScenePointCloud | None = None
+    visualization: Annotated[
+        str | None,
+        Meta(description="Base64 PNG, one row per view: the image and its depth in turbo."),
+    ] = None
+
+
+SCENE_ENDPOINT = Endpoint(
+    model_type="depth-anything",
+    task="scene",
+    request=DepthSceneRequest,
+    response=DepthSceneResponse,
+    summary="Depth Anything 3 scene: depth, cameras and a point cloud from several views",
+    description="Predict, in one forward over all views, every view's depth in one shared "
+    "scale and every camera (world-to-camera extrinsics, intrinsics) in one world frame, and "
+    "optionally the point cloud they make. Any-view variants only (small, base, large, giant).",
+    example={
+        "images": [
+            "https://images.example.com/room-1.jpg",
+            "https://images.example.com/room-2.jpg",
+            "https://images.example.com/room-3.jpg",
+        ],
+        "variant": "small",
+        "output_format": "png",
+        "point_cloud": "ply",
+    },
+    example_summary="Three photos in, a PLY point cloud out",
+)
+TASK_ENDPOINTS = (SCENE_ENDPOINT,)

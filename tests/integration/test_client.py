@@ -7,18 +7,24 @@ import asyncio
 import base64
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import plyfile
 import pytest
+import trimesh
 from PIL import Image
 
+from engines.families.depth_anything.scene import STRIP_ROW_HEIGHT
 from engines.masks import decode_mask as server_decode_mask
 from tests.conftest import ASSETS
-from vision_client import AsyncVisionClient, VisionAPIError, VisionClient
+from vision_client import AsyncVisionClient, SceneView, VisionAPIError, VisionClient
 from vision_client.client import job_response
-from vision_client.results import Sam3Response
+from vision_client.results import DepthSceneResponse, Sam3Response
 
 PHOTO = ASSETS / "chelsea.jpg"
+# Three sizes and two aspect ratios: the server crops the views to one network size.
+SCENE = [ASSETS / "chelsea.jpg", ASSETS / "coffee.png", ASSETS / "astronaut.jpg"]
 
 
 @pytest.fixture()
@@ -195,3 +201,106 @@ def test_visualizations_decode_to_images(client: VisionClient) -> None:
     assert picture is not None and picture.size == (2 * depth.width, depth.height)
     features = client.dinov3(PHOTO, visualize=True).results[0]
     assert features.visualization_image() is not None
+
+
+def _ply_points(path: Path) -> np.ndarray:
+    vertex = plyfile.PlyData.read(path)["vertex"]
+    return np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float64)
+
+
+def _depth_gaps(points: np.ndarray, views: list[SceneView]) -> np.ndarray:
+    """Per point, the smallest relative gap, over the views that see it, between its depth in
+    the view's camera and the view's decoded depth at the pixel it projects to."""
+    best = np.full(len(points), np.inf)
+    for view in views:
+        extrinsics = view.extrinsics_matrix()
+        camera = points @ extrinsics[:3, :3].T + extrinsics[:3, 3]
+        pixels = camera @ view.intrinsics_matrix().T
+        z = camera[:, 2]
+        u = np.rint(pixels[:, 0] / z).astype(int)
+        v = np.rint(pixels[:, 1] / z).astype(int)
+        inside = (z > 0) & (u >= 0) & (u < view.width) & (v >= 0) & (v < view.height)
+        gap = np.full(len(points), np.inf)
+        gap[inside] = np.abs(view.depth_array()[v[inside], u[inside]] - z[inside]) / z[inside]
+        best = np.minimum(best, gap)
+    return best
+
+
+def test_depth_scene_ply_png_and_given_cameras(client: VisionClient, tmp_path: Path) -> None:
+    scene = client.depth_scene(SCENE[:2], point_cloud="ply", max_points=2000)
+    assert scene.model_type == "depth-anything" and len(scene.views) == 2
+    cloud = scene.point_cloud
+    assert cloud is not None and cloud.format == "ply"
+    np.testing.assert_array_equal(cloud.transform_matrix(), np.eye(4))
+    path = cloud.save(tmp_path / "scene.ply")
+    assert path.read_bytes() == cloud.bytes()
+    points = _ply_points(path)
+    assert 0 < len(points) == cloud.points <= 2000
+    # The matrices and decoded depth are the ones the server unprojected: every point lies at
+    # the depth of the pixel it projects to (float32 storage aside).
+    assert _depth_gaps(points, scene.views).max() < 1e-3
+    for view in scene.views:
+        centre = np.append(view.camera_centre(), 1.0)
+        np.testing.assert_allclose(view.extrinsics_matrix() @ centre, [0, 0, 0, 1], atol=1e-6)
+
+    png = client.depth_scene(SCENE[:2], output_format="png")
+    for array_view, png_view in zip(scene.views, png.views, strict=True):
+        assert isinstance(png_view.depth, str) and png_view.extrinsics == array_view.extrinsics
+        for decoded, expected, low, high in (
+            (png_view.depth_array(), array_view.depth_array(), png_view.min, png_view.max),
+            (
+                png_view.confidence_array(),
+                array_view.confidence_array(),
+                png_view.confidence_min,
+                png_view.confidence_max,
+            ),
+        ):
+            assert decoded.shape == (png_view.height, png_view.width)
+            step = (high - low) / 65535
+            np.testing.assert_allclose(decoded, expected, rtol=0, atol=step / 2 + 1e-6 * high)
+
+    # The returned cameras sent back, as numpy and 3x4: the answer is in their frame.
+    posed = client.depth_scene(
+        SCENE[:2],
+        extrinsics=np.stack([np.asarray(v.extrinsics) for v in scene.views]),
+        intrinsics=[v.intrinsics_matrix() for v in scene.views],
+    )
+    for given, view in zip(scene.views, posed.views, strict=True):
+        np.testing.assert_allclose(view.extrinsics, given.extrinsics, atol=1e-9)
+        np.testing.assert_allclose(view.intrinsics, given.intrinsics, atol=1e-9)
+
+
+def test_async_depth_scene_glb_and_its_job(live_server: str, tmp_path: Path) -> None:
+    sizes = [Image.open(path).size for path in SCENE]
+
+    async def scenario() -> None:
+        async with AsyncVisionClient(live_server) as client:
+            direct = await client.depth_scene(
+                SCENE, point_cloud="glb", max_points=2000, visualize=True
+            )
+            for (width, height), view in zip(sizes, direct.views, strict=True):
+                depth, confidence = view.depth_array(), view.confidence_array()
+                assert (view.width, view.height) == (width, height)
+                assert depth.shape == confidence.shape == (height, width)
+                assert (depth[confidence == 0] == 0).all() and (confidence >= 0).all()
+            # The square view was cropped to the others' 3:2 network size.
+            assert (direct.views[2].confidence_array()[0] == 0).all()
+            strip = direct.visualization_image()
+            assert strip is not None and strip.height == STRIP_ROW_HEIGHT * len(SCENE)
+            cloud = direct.point_cloud
+            assert cloud is not None and cloud.format == "glb" and cloud.bytes()[:4] == b"glTF"
+            loaded = trimesh.load(cloud.save(tmp_path / "scene.glb"))
+            clouds = [g for g in loaded.geometry.values() if isinstance(g, trimesh.PointCloud)]
+            assert [len(c.vertices) for c in clouds] == [cloud.points]
+            assert cloud.transform_matrix()[3].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+            job = await client.submit_job("depth-anything-scene", images=SCENE, max_points=2000)
+            info = await job.wait(timeout_s=300)
+            assert info.status == "completed", info.error
+            queued = job_response(info)
+            assert isinstance(queued, DepthSceneResponse) and queued.point_cloud is None
+            for a, b in zip(queued.views, direct.views, strict=True):
+                np.testing.assert_allclose(a.depth_array(), b.depth_array(), rtol=1e-5)
+                np.testing.assert_allclose(a.extrinsics, b.extrinsics, atol=1e-5)
+
+    asyncio.run(scenario())

@@ -350,8 +350,8 @@ async def test_the_in_process_worker_finishes_its_job_within_the_grace_or_fails_
 async def _validated(inference: Any, body: bytes) -> tuple[str, Any, list]:
     from service.routes.intake import validate_submission
 
-    resolved, data, images = await validate_submission(inference, "dinov3", body)
-    return resolved.model_type, data, images
+    endpoint, _, data, images = await validate_submission(inference, "dinov3", body)
+    return endpoint.name, data, images
 
 
 def test_two_worker_processes_report_their_metrics_together(

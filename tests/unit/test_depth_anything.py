@@ -18,13 +18,9 @@ from engines.base import LoadRequest, VariantSpec
 from engines.families.depth_anything.da3 import load_da3, preprocess_da3
 from engines.families.depth_anything.export import EXPORT
 from engines.families.depth_anything.family import DepthAnythingFamily
+from engines.families.depth_anything.maps import depth_to_png, png_to_depth
 from engines.families.depth_anything.options import DepthAnythingOptions
-from engines.families.depth_anything.pipeline import (
-    DepthNetwork,
-    default_focal_px,
-    depth_to_png,
-    png_to_depth,
-)
+from engines.families.depth_anything.pipeline import DepthNetwork, default_focal_px
 from engines.families.depth_anything.tiny import write_tiny
 from engines.families.depth_anything.v2 import (
     RELEASED_PREPROCESSING,
@@ -280,7 +276,8 @@ def test_exported_graph_follows_the_input_size(
     family = DepthAnythingFamily()
     spec = VariantSpec(variant, str(checkpoints[variant]))
     pipeline = family.load_torch(LoadRequest(spec, "cpu", "float32", 1))
-    (graph,) = EXPORT.graphs(pipeline)
+    graph = EXPORT.graphs(pipeline)[0]  # "model"; any-view checkpoints add "scene"
+    assert graph.name == "model"
     example = torch.randn(2, 3, 98, 126)
     module = graph_module(
         pipeline.core.module, pipeline.core.graphs["model"], ["pixel_values"], graph.outputs

@@ -8,14 +8,19 @@ from typing import Any
 
 from engines.base import Family, LoadRequest, VariantSpec
 from engines.checkpoints import resolve_checkpoint
+from engines.errors import InvalidInputError
 from engines.families.depth_anything.compare import depth_metrics
-from engines.families.depth_anything.options import DepthAnythingOptions
+from engines.families.depth_anything.options import DepthAnythingOptions, DepthSceneOptions
 from engines.families.depth_anything.pipeline import (
     DepthAnythingPipeline,
     DepthNetwork,
     read_network,
 )
+from engines.families.depth_anything.scene import check_scene_budget
 from engines.families.depth_anything.v2 import load_dpt_preprocessing, v2_forward
+
+# The ``scene`` graph's outputs (any-view DA3): per view, at the network input size.
+SCENE_OUTPUTS = ("depth", "confidence", "intrinsics", "extrinsics")
 
 APACHE = "Apache-2.0"
 NON_COMMERCIAL = "CC BY-NC 4.0 (non-commercial use only)"
@@ -34,6 +39,8 @@ VARIANTS = {
     )
 }
 
+ANY_VIEW = ("small", "base", "large", "giant")
+
 
 class DepthAnythingFamily(Family):
     """Depth Anything 3 (any-view, mono, metric) and Depth Anything V2 checkpoints."""
@@ -43,6 +50,7 @@ class DepthAnythingFamily(Family):
     default_variant = "small"
     variants = VARIANTS
     options_type = DepthAnythingOptions
+    tasks = {"scene": DepthSceneOptions}
     # bf16 against fp32 on the shipped photos (CUDA measured 2.1e-3 depth relative L2).
     precision_gates = {
         "depth_rel_l2_max": ("<=", 1e-2),
@@ -55,6 +63,28 @@ class DepthAnythingFamily(Family):
     ) -> dict[str, float]:
         """Worst relative error of depth, intrinsics and mean confidence of the two runs."""
         return depth_metrics(reference, candidate)
+
+    def check_task(
+        self, task: str, images: int, options: Any, device_kind: str, budget: float | None
+    ) -> None:
+        """A scene's views against the device's view budget (413 beyond it)."""
+        if task == "scene" and budget is not None:
+            check_scene_budget(images, options, device_kind, budget)
+
+    def check_options(self, spec: VariantSpec, hf_token: str | None, options: Any) -> None:
+        """A scene needs an any-view DA3 checkpoint (read from its config.json).
+
+        Raises:
+            InvalidInputError: A scene asked of a mono, metric or V2 checkpoint.
+        """
+        if not isinstance(options, DepthSceneOptions):
+            return
+        path = resolve_checkpoint(spec.source, hf_token, allow_patterns=["*.json"])
+        if not read_network(path).has_camera:
+            raise InvalidInputError(
+                f"Variant {spec.name} predicts no cameras, so it cannot reconstruct a scene; "
+                f"use an any-view variant ({', '.join(ANY_VIEW)})."
+            )
 
     def load_torch(self, request: LoadRequest) -> DepthAnythingPipeline:
         """Load a DA3 checkpoint with our network, or a V2 one with transformers.
@@ -88,7 +118,7 @@ class DepthAnythingFamily(Family):
 def _da3_core(path: Path, request: LoadRequest, network: DepthNetwork) -> Any:
     import torch
 
-    from engines.families.depth_anything.da3 import load_da3
+    from engines.families.depth_anything.da3 import REF_VIEW_STRATEGIES, SceneGraph, load_da3
     from engines.torch_runtime import DTYPES, TorchCore
 
     model, _ = load_da3(
@@ -101,7 +131,39 @@ def _da3_core(path: Path, request: LoadRequest, network: DepthNetwork) -> Any:
         out = model(pixel_values)._asdict()
         return {name: out[name] for name in names}
 
-    return TorchCore(model, {"model": run_model}, request.device, request.dtype)
+    graphs: dict[str, Any] = {"model": run_model}
+    if network.has_camera:
+        scene_graph = SceneGraph(model)
+
+        def run_scene(
+            pixel_values: torch.Tensor,
+            given_extrinsics: torch.Tensor,
+            given_intrinsics: torch.Tensor,
+            has_cameras: torch.Tensor,
+            ref_strategy: torch.Tensor,
+        ) -> dict[str, torch.Tensor]:
+            if torch.jit.is_tracing():  # export: one graph for every case
+                outputs = scene_graph(
+                    pixel_values, given_extrinsics, given_intrinsics, has_cameras, ref_strategy
+                )
+                return dict(zip(SCENE_OUTPUTS, outputs, strict=True))
+            given = bool(has_cameras)  # eager: no camera encoder without cameras
+            out = model.forward_scene(
+                pixel_values,
+                given_extrinsics if given else None,
+                given_intrinsics if given else None,
+                ref_view_strategy=REF_VIEW_STRATEGIES[int(ref_strategy)],
+            )._asdict()
+            return {name: out[name] for name in SCENE_OUTPUTS}
+
+        graphs["scene"] = run_scene
+    return TorchCore(
+        model,
+        graphs,
+        request.device,
+        request.dtype,
+        float32_inputs=("given_extrinsics", "given_intrinsics"),
+    )
 
 
 def _v2_core(path: Path, request: LoadRequest) -> Any:

@@ -30,8 +30,6 @@ Each result says so in ``kind``, ``units`` and ``relation``.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -42,7 +40,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from engines.base import Pipeline, Prepared
+from engines.base import Pipeline, Prepared, Task
+from engines.errors import InvalidInputError
+from engines.families.depth_anything.maps import depth_to_png, resize_depth
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.v2 import DptPreprocessing, is_v2_config
 from engines.visualize import depth_panel, encode_png, requested
@@ -50,7 +50,6 @@ from engines.visualize import depth_panel, encode_png, requested
 DA3_PROCESS_RES = 504
 # Metric DA3 without the request's focal_px: a camera with this horizontal field of view.
 DEFAULT_HORIZONTAL_FOV_DEG = 60.0
-PNG_LEVELS = 65535
 
 
 @dataclass(frozen=True)
@@ -210,6 +209,23 @@ class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
         """One small forward (8 x 8 patches), so the first request pays no lazy set-up."""
         self.core.run("model", {"pixel_values": np.zeros((1, 3, 112, 112), np.float32)})
 
+    def task(self, name: str) -> Task[Any]:
+        """``scene``: several views in one forward (any-view DA3 checkpoints).
+
+        Raises:
+            InvalidInputError: Another task, or a checkpoint that predicts no cameras.
+        """
+        if name != "scene":
+            return super().task(name)
+        if not self.network.has_camera:
+            raise InvalidInputError(
+                "This checkpoint predicts no cameras (a mono, metric or V2 model), so it "
+                "cannot reconstruct a scene; use an any-view variant (small, base, large, giant)."
+            )
+        from engines.families.depth_anything.scene import SceneTask
+
+        return SceneTask(self.core)
+
 
 def sky_rule(depth: np.ndarray, sky: np.ndarray) -> np.ndarray:
     """The reference's sky rule on one (h, w) map (:func:`apply_sky_rule`)."""
@@ -258,41 +274,3 @@ def scale_intrinsics(
     scaled[0, :] *= width / net_w
     scaled[1, :] *= height / net_h
     return scaled
-
-
-def resize_depth(depth: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
-    """Resize an (h, w) map to (height, width) with ``F.interpolate``.
-
-    ``mode`` is ``bilinear`` or ``bicubic``; align_corners False and no antialiasing, as
-    transformers' ``post_process_depth_estimation`` calls it.
-    """
-    if depth.shape == (height, width):
-        return depth
-    import torch
-    import torch.nn.functional as F
-
-    with torch.inference_mode():
-        tensor = torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None, None]
-        out = F.interpolate(tensor, size=(height, width), mode=mode, align_corners=False)
-    return out[0, 0].numpy()
-
-
-def depth_to_png(depth: np.ndarray, low: float, high: float) -> str:
-    """Base64 of a 16-bit grayscale PNG: ``round((d - low) / (high - low) * 65535)``.
-
-    A constant map (``high == low``) is all zeros. Decode with
-    ``low + value / 65535 * (high - low)``.
-    """
-    span = high - low
-    scaled = (depth.astype(np.float64) - low) / span * PNG_LEVELS if span > 0 else depth * 0.0
-    levels = np.clip(np.rint(scaled), 0, PNG_LEVELS).astype(np.uint16)
-    buffer = io.BytesIO()
-    Image.fromarray(levels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def png_to_depth(encoded: str, low: float, high: float) -> np.ndarray:
-    """Inverse of :func:`depth_to_png` (to within half a level of the range)."""
-    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
-        levels = np.asarray(image).astype(np.float64)
-    return low + levels / PNG_LEVELS * (high - low)

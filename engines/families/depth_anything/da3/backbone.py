@@ -1,9 +1,12 @@
-"""DA3's DINOv2 backbone, for independent single views (the view axis N is 1).
+"""DA3's DINOv2 backbone, for independent images and for the views of one scene.
 
 From ``alt_start`` the reference alternates per-view ("local", even blocks) and all-view
-("global", odd blocks) attention, and swaps the CLS token for a learned camera token. With one
-view per image both kinds attend over the same tokens; they differ only in their RoPE positions:
-local blocks see the patch grid, global blocks see every patch at one shared position.
+("global", odd blocks) attention, and swaps the CLS token for a camera token. The two kinds
+also differ in their RoPE positions: local blocks see the patch grid, global blocks see every
+patch at one shared position. :meth:`VisionTransformer.forward` runs independent images (the
+reference's view axis is 1: both kinds attend over one image's tokens);
+:meth:`VisionTransformer.forward_scene` runs the views of one scene, whose global blocks attend
+over all views' tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import Tensor, nn
 
 from engines.families.depth_anything.da3.blocks import Block, RopeTable, rope_table
 from engines.families.depth_anything.da3.config import Da3Config
+from engines.families.depth_anything.da3.views import input_order, reference_first, reference_view
 
 # The output of one selected block: (patch features [B, P, C'], camera token [B, C']).
 LayerOutput = tuple[Tensor, Tensor]
@@ -81,7 +85,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         if config.alt_start >= 0:
-            # Token 0 is for the reference view, token 1 for other views (unused here: N=1).
+            # Token 0 is for the reference view, token 1 for the other views of a scene.
             self.camera_token = nn.Parameter(torch.zeros(1, 2, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
         self.blocks = nn.ModuleList(
@@ -139,8 +143,29 @@ class VisionTransformer(nn.Module):
         )
         return local, glob
 
+    def _embed(self, pixels: Tensor) -> tuple[Tensor, tuple[RopeTable, RopeTable] | None]:
+        """Tokens [B, 1 + P, C] (CLS first) and the (local, global) RoPE tables, if any."""
+        # Plain ints eagerly; traced sizes under ONNX export, so H and W stay dynamic.
+        grid_h = pixels.shape[-2] // self.patch_size
+        grid_w = pixels.shape[-1] // self.patch_size
+        x = self.patch_embed(pixels)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self._position_embedding(grid_h, grid_w)
+        ropes = self._rope_tables(grid_h, grid_w, x) if self.config.rope_start >= 0 else None
+        return x, ropes
+
+    def _rope(
+        self, ropes: tuple[RopeTable, RopeTable] | None, i: int, is_global: bool
+    ) -> RopeTable | None:
+        if ropes is None or i < self.config.rope_start:
+            return None
+        return ropes[1] if is_global else ropes[0]
+
+    def _is_global(self, i: int) -> bool:
+        return 0 <= self.config.alt_start <= i and i % 2 == 1
+
     def forward(self, pixels: Tensor) -> list[LayerOutput]:
-        """Run the blocks and return the normalised features of ``config.out_layers``.
+        """Run the blocks on independent images; return the features of ``config.out_layers``.
 
         Args:
             pixels: Normalised images [B, 3, H, W], H and W multiples of the patch size.
@@ -152,32 +177,81 @@ class VisionTransformer(nn.Module):
 
         """
         cfg = self.config
-        batch = pixels.shape[0]
-        # Plain ints eagerly; traced sizes under ONNX export, so H and W stay dynamic.
-        grid_h = pixels.shape[-2] // self.patch_size
-        grid_w = pixels.shape[-1] // self.patch_size
-        x = self.patch_embed(pixels)
-        x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
-        x = x + self._position_embedding(grid_h, grid_w)
-        ropes = self._rope_tables(grid_h, grid_w, x) if cfg.rope_start >= 0 else None
-
+        x, ropes = self._embed(pixels)
         local_x = x
         outputs: list[LayerOutput] = []
         for i, block in enumerate(self.blocks):
             if i == cfg.alt_start:
-                camera = self.camera_token[:, :1].expand(batch, -1, -1)
+                camera = self.camera_token[:, :1].expand(x.shape[0], -1, -1)
                 x = torch.cat((camera, x[:, 1:]), dim=1)
                 # The reference writes the token in place, so the last local output sees it too.
                 local_x = x
-            is_global = 0 <= cfg.alt_start <= i and i % 2 == 1
-            rope = None
-            if ropes is not None and i >= cfg.rope_start:
-                rope = ropes[1] if is_global else ropes[0]
-            x = block(x, rope)
+            is_global = self._is_global(i)
+            x = block(x, self._rope(ropes, i, is_global))
             if not is_global:
                 local_x = x
             if i in cfg.out_layers:
                 outputs.append(self._layer_output(local_x, x))
+        return outputs
+
+    def learned_camera_tokens(self, views: int | Tensor) -> Tensor:
+        """[views, C] learned camera tokens of a scene: the reference view's first."""
+        is_source = torch.arange(views, device=self.camera_token.device) > 0  # type: ignore[arg-type]
+        return self.camera_token[0, is_source.long()]
+
+    def forward_scene(
+        self,
+        pixels: Tensor,
+        camera_tokens: Tensor,
+        strategy: int | Tensor,
+        selects: Tensor,
+    ) -> list[LayerOutput]:
+        """Run the blocks on the views of one scene, as the reference's multi-view forward.
+
+        Before block ``alt_start - 1`` the reference view (see
+        :func:`~engines.families.depth_anything.da3.views.reference_view`) moves to the
+        front; outputs come back in the input order. Global blocks attend over the tokens of
+        all views.
+
+        Args:
+            pixels: Normalised views [S, 3, H, W], H and W multiples of the patch size.
+            camera_tokens: [S, C] camera token of each view after reordering (when no
+                reference view is selected, the order is the input's).
+            strategy: Index into ``REF_VIEW_STRATEGIES``.
+            selects: Bool scalar: whether a reference view is selected (else view 0 stays
+                the reference).
+
+        Returns:
+            As :meth:`forward`, one entry per view along the first axis.
+
+        """
+        cfg = self.config
+        x, ropes = self._embed(pixels)
+        views = x.shape[0]
+        if ropes is not None:  # every view's global table, end to end as the tokens
+            ropes = ropes[0], (ropes[1][0].repeat(views, 1), ropes[1][1].repeat(views, 1))
+        restore: Tensor | None = None  # outputs before the reordering keep the input order
+        local_x = x
+        outputs: list[LayerOutput] = []
+        for i, block in enumerate(self.blocks):
+            if i == cfg.alt_start - 1:
+                reference = reference_view(x[:, 0], strategy, selects)
+                x = x[reference_first(reference, views)]
+                restore = input_order(reference, views)
+            if i == cfg.alt_start:
+                x = torch.cat((camera_tokens[:, None].to(x.dtype), x[:, 1:]), dim=1)
+                local_x = x  # written in place by the reference, as in forward
+            is_global = self._is_global(i)
+            rope = self._rope(ropes, i, is_global)
+            if is_global:
+                x = block(x.reshape(1, -1, x.shape[-1]), rope).view_as(x)
+            else:
+                x = local_x = block(x, rope)
+            if i in cfg.out_layers:
+                features, camera = self._layer_output(local_x, x)
+                if restore is not None:
+                    features, camera = features[restore], camera[restore]
+                outputs.append((features, camera))
         return outputs
 
     def _layer_output(self, local_x: Tensor, x: Tensor) -> LayerOutput:
@@ -200,3 +274,9 @@ class Backbone(nn.Module):
     def forward(self, pixels: Tensor) -> list[LayerOutput]:
         """See :meth:`VisionTransformer.forward`."""
         return self.pretrained(pixels)
+
+    def forward_scene(
+        self, pixels: Tensor, camera_tokens: Tensor, strategy: int | Tensor, selects: Tensor
+    ) -> list[LayerOutput]:
+        """See :meth:`VisionTransformer.forward_scene`."""
+        return self.pretrained.forward_scene(pixels, camera_tokens, strategy, selects)

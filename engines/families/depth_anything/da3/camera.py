@@ -1,8 +1,8 @@
-"""Camera decoder (token → pose encoding → extrinsics, intrinsics) and the camera encoder.
+"""Camera decoder (token → pose encoding → cameras) and encoder (cameras → pose encoding → token).
 
 A pose encoding is 9 numbers: translation (3), rotation quaternion (4, xyzw, scalar last) and
-field of view (vertical, horizontal) in radians. The decoder predicts the camera-to-world pose;
-we return its inverse, world-to-camera, as the reference does.
+field of view (vertical, horizontal) in radians, of the camera-to-world pose. Cameras outside
+the network are world-to-camera extrinsics and pixel intrinsics, as in the reference.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ class CameraDecoder(nn.Module):
 
 
 class CameraEncoder(nn.Module):
-    """Pose encoding → camera token, for pose-conditioned inference.
+    """Pose encodings → camera tokens, for pose-conditioned multi-view inference.
 
-    Present so that any-view checkpoints load strictly; :class:`Da3Network` does not take
-    camera inputs yet, so nothing calls it.
+    Its blocks attend across the views of a scene (no position embedding).
     """
 
     def __init__(self, dim: int, depth: int = 4, num_heads: int = 16) -> None:
@@ -53,6 +52,65 @@ class CameraEncoder(nn.Module):
         for block in self.trunk:
             tokens = block(tokens)
         return self.trunk_norm(tokens)
+
+
+def matrix_to_quaternion(matrix: Tensor) -> Tensor:
+    """Unit quaternions [..., 4] (xyzw, real part >= 0) of rotation matrices [..., 3, 3].
+
+    The reference's conversion: four candidates, each exact where its component is large,
+    and the one of the largest component kept (a gather here instead of the reference's
+    boolean mask, which ONNX export does not take with dynamic shapes).
+    """
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = matrix.flatten(-2).unbind(-1)
+    squares = torch.stack(
+        (
+            1.0 + m00 + m11 + m22,
+            1.0 + m00 - m11 - m22,
+            1.0 - m00 + m11 - m22,
+            1.0 - m00 - m11 + m22,
+        ),
+        dim=-1,
+    )
+    magnitudes = torch.where(squares > 0, torch.sqrt(squares), torch.zeros_like(squares))
+    r, i, j, k = magnitudes.unbind(-1)
+    candidates = torch.stack(  # [..., 4 candidates, 4 components], real part first
+        (
+            torch.stack((r**2, m21 - m12, m02 - m20, m10 - m01), dim=-1),
+            torch.stack((m21 - m12, i**2, m10 + m01, m02 + m20), dim=-1),
+            torch.stack((m02 - m20, m10 + m01, j**2, m12 + m21), dim=-1),
+            torch.stack((m10 - m01, m20 + m02, m21 + m12, k**2), dim=-1),
+        ),
+        dim=-2,
+    )
+    candidates = candidates / (2.0 * magnitudes[..., None].clamp_min(0.1))
+    best = magnitudes.argmax(dim=-1, keepdim=True)[..., None].expand_as(candidates[..., :1, :])
+    quaternion = candidates.gather(-2, best).squeeze(-2)[..., [1, 2, 3, 0]]
+    return torch.where(quaternion[..., 3:] < 0, -quaternion, quaternion)
+
+
+def cameras_to_pose(
+    extrinsics: Tensor, intrinsics: Tensor, height: int | Tensor, width: int | Tensor
+) -> Tensor:
+    """Pose encodings of cameras of a ``height`` x ``width`` image (the encoder's input).
+
+    Args:
+        extrinsics: [..., 4, 4] (or [..., 3, 4]) world-to-camera.
+        intrinsics: [..., 3, 3] in pixels of the network input; only the focal lengths count.
+        height: Network input height in pixels (an int, or a traced size under export).
+        width: Network input width in pixels.
+
+    Returns:
+        [..., 9] float32 pose encodings of the camera-to-world poses.
+
+    """
+    inverse_rotation = extrinsics[..., :3, :3].transpose(-1, -2)
+    translation = -inverse_rotation @ extrinsics[..., :3, 3:]
+    quaternion = matrix_to_quaternion(inverse_rotation)
+    fov_h = 2 * torch.atan((height / 2) / intrinsics[..., 1, 1])
+    fov_w = 2 * torch.atan((width / 2) / intrinsics[..., 0, 0])
+    return torch.cat(
+        (translation[..., 0], quaternion, fov_h[..., None], fov_w[..., None]), dim=-1
+    ).float()
 
 
 def quaternion_to_matrix(quaternion: Tensor) -> Tensor:

@@ -1,0 +1,49 @@
+"""Depth maps as the API returns them: resized to the input image, encoded as 16-bit PNG."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+PNG_LEVELS = 65535
+
+
+def resize_depth(depth: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
+    """Resize an (h, w) map to (height, width) with ``F.interpolate``.
+
+    ``mode`` is ``bilinear`` or ``bicubic``; align_corners False and no antialiasing, as
+    transformers' ``post_process_depth_estimation`` calls it.
+    """
+    if depth.shape == (height, width):
+        return depth
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        tensor = torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None, None]
+        out = F.interpolate(tensor, size=(height, width), mode=mode, align_corners=False)
+    return out[0, 0].numpy()
+
+
+def depth_to_png(depth: np.ndarray, low: float, high: float) -> str:
+    """Base64 of a 16-bit grayscale PNG: ``round((d - low) / (high - low) * 65535)``.
+
+    A constant map (``high == low``) is all zeros. Decode with
+    ``low + value / 65535 * (high - low)``.
+    """
+    span = high - low
+    scaled = (depth.astype(np.float64) - low) / span * PNG_LEVELS if span > 0 else depth * 0.0
+    levels = np.clip(np.rint(scaled), 0, PNG_LEVELS).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def png_to_depth(encoded: str, low: float, high: float) -> np.ndarray:
+    """Inverse of :func:`depth_to_png` (to within half a level of the range)."""
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        levels = np.asarray(image).astype(np.float64)
+    return low + levels / PNG_LEVELS * (high - low)
