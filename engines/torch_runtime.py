@@ -77,7 +77,7 @@ class TorchCore:
             if array.is_floating_point():
                 return array.to(self.device, dtype)
             return array.to(self.device)
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = torch.from_numpy(np.asarray(array, order="C"))  # 0-d stays 0-d
         if tensor.is_floating_point():
             return tensor.to(self.device, dtype, non_blocking=True)
         return tensor.to(self.device, non_blocking=True)

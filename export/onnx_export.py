@@ -207,7 +207,8 @@ def _trace(
     fn = core.graphs[graph.name]  # type: ignore[attr-defined]
     names = list(graph.inputs)
     module = graph_module(core.module, fn, names, graph.outputs)  # type: ignore[attr-defined]
-    args = tuple(torch.from_numpy(np.ascontiguousarray(graph.inputs[n])) for n in names)
+    # np.asarray keeps 0-d inputs (scalars) 0-d; np.ascontiguousarray would make them 1-d.
+    args = tuple(torch.from_numpy(np.asarray(graph.inputs[n], order="C")) for n in names)
     path = directory / f"{graph.name}.onnx"
     attention = fused_attention() if options.optimize else contextlib.nullcontext([0])
     # not inference_mode: inference tensors cannot be exported
