@@ -121,7 +121,7 @@ async def test_a_model_larger_than_the_budget_is_a_503() -> None:
 async def test_unloading_gives_the_memory_back(tmp_path: Path) -> None:
     dinov3_vits16(tmp_path / "vits")  # the benchmarks' ViT-S/16 writer: ~86 MB of weights
     table = VariantTable("s", {"s": VariantSpec("s", str(tmp_path / "vits"))})
-    pool = ModelPool(default_registry(), PoolConfig(variants={"dinov3": table}))
+    pool = ModelPool(default_registry(), PoolConfig(variants={"dinov3": table}, dtype="float32"))
     process = psutil.Process()
     gc.collect()
     before_mb = process.memory_info().rss / 2**20

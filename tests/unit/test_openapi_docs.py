@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from service.app import create_app
-from service.schemas.depth_anything import DepthAnythingRequest
+from service.schemas.depth_anything import DepthAnythingRequest, DepthSceneRequest
 from service.schemas.dinov3 import Dinov3Request
 from service.schemas.grounding_dino import GroundingDinoRequest
 from service.schemas.models import ModelLoadRequest, ModelUnloadRequest
@@ -22,6 +22,7 @@ REQUEST_TYPES: dict[str, type[Any]] = {
         Sam3EmbedRequest,
         GroundingDinoRequest,
         DepthAnythingRequest,
+        DepthSceneRequest,
         Dinov3Request,
         ModelLoadRequest,
         ModelUnloadRequest,
