@@ -452,6 +452,10 @@ class ModelPool:
         await self._run(self._cpu, model.pipeline.close)
         log.info("unloaded %s/%s", model.model_type, model.variant)
 
+    def is_loaded(self, resolved: ResolvedModel) -> bool:
+        """Whether ``resolved`` is loaded now."""
+        return resolved.key in self._models
+
     def loaded(self) -> list[LoadedModel]:
         """The loaded variants."""
         return list(self._models.values())

@@ -109,7 +109,9 @@ class InferenceService:
         started = time.perf_counter()
         endpoint = self.endpoint(name)
         resolved = self.resolve(endpoint, request)
-        if endpoint.task is not None:  # e.g. a scene of a model that has no cameras: 400 now
+        # A task the model cannot run (a scene of a model without cameras) is a 400 before any
+        # image is fetched or the model loaded; a loaded model's pipeline refuses it at once.
+        if endpoint.task is not None and not self.pool.is_loaded(resolved):
             await self.pool.check_options(resolved, request)
         images = await self.decode(request, endpoint)
         return await self.run_decoded(resolved, request, images, started, endpoint)

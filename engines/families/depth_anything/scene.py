@@ -30,6 +30,7 @@ from PIL import Image
 
 from engines.base import Task
 from engines.errors import InvalidInputError, PayloadTooLargeError
+from engines.families.depth_anything.maps import depth_to_png, resize_depth
 from engines.families.depth_anything.options import REF_VIEW_STRATEGIES, DepthSceneOptions
 from engines.visualize import depth_panel, encode_png
 
@@ -158,8 +159,6 @@ class SceneTask(Task[DepthSceneOptions]):
         self, raw: dict[str, Any], prepared: PreparedScene, options: DepthSceneOptions
     ) -> dict[str, Any]:
         """Align to given cameras, map to input pixels, encode; the point cloud if asked."""
-        from engines.families.depth_anything.maps import depth_to_png
-
         depth = np.asarray(raw["depth"], np.float32)
         confidence = np.asarray(raw["confidence"], np.float32)
         extrinsics = np.asarray(raw["extrinsics"], np.float64)
@@ -191,8 +190,8 @@ class SceneTask(Task[DepthSceneOptions]):
                 {
                     "width": width,
                     "height": height,
-                    **_encoded("", view_depth, options.output_format, depth_to_png),
-                    **_encoded("confidence_", view_confidence, options.output_format, depth_to_png),
+                    **_encoded("", view_depth, options.output_format),
+                    **_encoded("confidence_", view_confidence, options.output_format),
                     "extrinsics": extrinsics[i].tolist(),
                     "intrinsics": intrinsics[i].tolist(),
                 }
@@ -245,11 +244,11 @@ def given_scale(predicted: np.ndarray, given: np.ndarray) -> float:
     return predicted_baseline / given_baseline
 
 
-def _encoded(prefix: str, values: np.ndarray, output_format: str, to_png: Any) -> dict[str, Any]:
+def _encoded(prefix: str, values: np.ndarray, output_format: str) -> dict[str, Any]:
     """``{prefix}min``, ``{prefix}max`` and the map (``depth`` for no prefix) as asked."""
     low, high = float(values.min()), float(values.max())
     key = f"{prefix.rstrip('_')}" if prefix else "depth"
-    encoded = to_png(values, low, high) if output_format == "png" else values.tolist()
+    encoded = depth_to_png(values, low, high) if output_format == "png" else values.tolist()
     return {f"{prefix}min": low, f"{prefix}max": high, key: encoded}
 
 
@@ -299,8 +298,6 @@ def to_input_pixels(
     """
     import torch
     import torch.nn.functional as F
-
-    from engines.families.depth_anything.maps import resize_depth
 
     (res_w, res_h), (left, top) = resized_size, crop
     net_h, net_w = values.shape
