@@ -45,7 +45,12 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def pool(checkpoints: dict[str, Path]) -> Iterator[ModelPool]:
     variants = {name: VariantSpec(name, str(path)) for name, path in checkpoints.items()}
-    config = PoolConfig(device="cpu", variants={"depth-anything": VariantTable("tiny", variants)})
+    config = PoolConfig(
+        device="cpu",
+        variants={"depth-anything": VariantTable("tiny", variants)},
+        # Parity with transformers is float32: on a CPU with bf16 units, auto may pick bf16.
+        dtype="float32",
+    )
     pool = ModelPool(default_registry(), config)
     yield pool
     asyncio.run(pool.close())

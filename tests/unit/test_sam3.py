@@ -69,7 +69,8 @@ def reference_tokenizer(checkpoint: Path) -> Any:
 @pytest.fixture
 async def pool(checkpoint: Path) -> AsyncIterator[ModelPool]:
     spec = VariantSpec("tiny", str(checkpoint))
-    config = PoolConfig(variants={"sam3": VariantTable("tiny", {"tiny": spec})})
+    # float32: parity with transformers; on a CPU with bf16 units, auto may pick bf16.
+    config = PoolConfig(variants={"sam3": VariantTable("tiny", {"tiny": spec})}, dtype="float32")
     pool = ModelPool(default_registry(), config)
     yield pool
     await pool.close()
