@@ -258,6 +258,9 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
         """The family's cache counters (``/models/status``), or None where it keeps none."""
         return None
 
+    def reset_caches(self) -> None:  # noqa: B027 - optional hook
+        """Forget what the family's caches hold, counters too (the bf16 check's runs)."""
+
     def close(self) -> None:
         """Release what the pipeline holds (its caches, then the core's weights): on unload."""
         self.core.close()
@@ -316,6 +319,8 @@ class Family(abc.ABC):
     # The bf16 check on CPU: metric → (">=" or "<=", limit) against the float32 run; a family
     # without gates always runs float32 on CPU.
     precision_gates: Mapping[str, tuple[str, float]] = {}
+    # The shipped photos (engines/assets) the bf16 check runs on.
+    precision_photos: tuple[str, ...] = ("chelsea.jpg", "astronaut.jpg")
     # Whole-request tasks (``Task``) beside the per-image endpoint: name → options type.
     tasks: Mapping[str, type[Any]] = {}
 
@@ -329,6 +334,10 @@ class Family(abc.ABC):
         Raises:
             PayloadTooLargeError: The request exceeds the budget (413).
         """
+
+    def precision_options(self) -> Any:
+        """The options the bf16 check runs with (the family's defaults unless it needs more)."""
+        return self.options_type()
 
     def precision_metrics(
         self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]

@@ -120,6 +120,13 @@ class LruCache(Generic[K, V]):
             self._entries.clear()
             self._bytes = 0
 
+    def reset(self) -> None:
+        """Drop every entry and zero the counters: the cache as new."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self._hits = self._misses = self._evictions = 0
+
     def stats(self) -> CacheStats:
         """Entries, bytes and budget now; hits, misses and evictions so far."""
         with self._lock:

@@ -330,35 +330,43 @@ def torch_dtype_reason(configured: str, dtype: str, device: str) -> str:
 
 
 ASSETS = Path(__file__).parent / "assets"
-CHECK_PHOTOS = ("chelsea.jpg", "astronaut.jpg")
 
 
 def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -> Loaded:
     """Keep bf16 weights instead of float32 if they pass the family's gate and run faster.
 
-    Both are measured here on the shipped photos; the copy not kept is released.
-    The two are timed alternately (the second of two runs each), on the calling thread: the
-    pool calls this on its compute thread, whose thread set-up the forwards use.
+    Both are measured here on the family's check photos and options; the copy not kept is
+    released. The two are timed alternately (the faster of two runs each), on the calling
+    thread: the pool calls this on its compute thread, whose thread set-up the forwards use.
+    Caches are emptied before each run (every run does the whole work) and after the check.
     """
     from PIL import Image
 
     from engines.artifacts import failed_gates
 
-    images = [Image.open(ASSETS / name).convert("RGB") for name in CHECK_PHOTOS]
-    options = family.options_type()
+    images = [Image.open(ASSETS / name).convert("RGB") for name in family.precision_photos]
+    options = family.precision_options()
     candidate = family.load_torch(dataclasses.replace(request, dtype="bfloat16"))
+    fp32_ms: list[float] = []
+    bf16_ms: list[float] = []
     try:
         candidate.warmup()
-        reference = run_pipeline(loaded.pipeline, images, options)
-        results = run_pipeline(candidate, images, options)
-        fp32_ms, bf16_ms = [], []
-        for _ in range(2):
-            fp32_ms.append(_timed_ms(loaded.pipeline, images, options))
-            bf16_ms.append(_timed_ms(candidate, images, options))
+        reference = _timed(loaded.pipeline, images, options, fp32_ms)
+        results = _timed(candidate, images, options, bf16_ms)
+        _timed(loaded.pipeline, images, options, fp32_ms)
+        _timed(candidate, images, options, bf16_ms)
         metrics = family.precision_metrics(reference, results)
+    except Exception as exc:  # a kernel without bf16 support, say: serve float32, say why
+        log.warning("%s/%s: the bf16 check failed", family.name, request.spec.name, exc_info=True)
+        candidate.close()
+        reason = f"float32: the bf16 check failed ({type(exc).__name__}; the server log has why)"
+        return dataclasses.replace(loaded, dtype_reason=reason, check_bf16=False)
     except BaseException:
         candidate.close()
         raise
+    finally:
+        loaded.pipeline.reset_caches()
+        candidate.reset_caches()
     figures = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
     timing = f"{min(bf16_ms):.0f} vs {min(fp32_ms):.0f} ms on {len(images)} photos"
     failed = failed_gates(family.precision_gates, metrics)
@@ -381,7 +389,12 @@ def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -
     )
 
 
-def _timed_ms(pipeline: Pipeline[Any], images: list[Any], options: Any) -> float:
+def _timed(
+    pipeline: Pipeline[Any], images: list[Any], options: Any, times_ms: list[float]
+) -> list[dict[str, Any]]:
+    """Run ``pipeline`` on ``images``; append the milliseconds it took to ``times_ms``."""
+    pipeline.reset_caches()
     started = time.perf_counter()
-    run_pipeline(pipeline, images, options)
-    return (time.perf_counter() - started) * 1e3
+    results = run_pipeline(pipeline, images, options)
+    times_ms.append((time.perf_counter() - started) * 1e3)
+    return results

@@ -94,7 +94,8 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # auto (CUDA when available), cpu, cuda or cuda:N.
     device: str = "auto"
-    # auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.
+    # auto (float16 on CUDA; float32 on CPU, or bf16 where cpu_bf16 allows and its check
+    # passes), float32, float16 or bfloat16.
     dtype: str = "auto"
     # auto (ONNX Runtime where a valid artifact exists, else torch), onnx or torch.
     engine: str = "auto"

@@ -18,6 +18,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Servers and settings in the tests serve float32 on every CPU, so that results compared with
+# transformers or ONNX do not depend on whether this machine has bf16 units. The bf16 check
+# itself is tested with cpu_bf16 "check" (tests/unit/test_*: cpu_bf16_check_*).
+os.environ.setdefault("VISION_API_CPU_BF16", "off")
 
 ASSETS = Path(__file__).parent / "assets"
 

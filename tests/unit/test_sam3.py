@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engines.base import ImageHandle, LoadRequest, VariantSpec
+from engines.base import ImageHandle, LoadRequest, VariantSpec, run_pipeline
 from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from engines.families.sam3.embeddings import image_id
 from engines.families.sam3.family import Sam3Family, cache_budget_bytes
@@ -635,3 +635,44 @@ def test_the_default_budget_depends_on_the_device() -> None:
     assert cache_budget_bytes(LoadRequest(spec, "cpu", "float32", 1, image_cache_mb=1.5)) == (
         3 * 2**19
     )
+
+
+def test_cpu_bf16_check_compares_detections_and_leaves_the_cache_empty(checkpoint: Path) -> None:
+    """cpu_bf16 "check" runs SAM3's gate and timing (as at load on a CPU with bf16 units)."""
+    import asyncio
+
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(variants={"sam3": VariantTable("tiny", {"tiny": spec})}, cpu_bf16="check")
+    pool = ModelPool(default_registry(), config)
+    try:
+        model = asyncio.run(pool.load("sam3"))
+        reason = model.dtype_reason or ""
+        assert reason.startswith(model.dtype) and model.dtype in ("float32", "bfloat16")
+        assert "sure_matched_fraction" in reason or "was not faster" in reason, reason
+        # The check's runs leave nothing behind in the embedding cache, counters included.
+        stats = model.pipeline.cache_stats()
+        assert stats is not None and (stats.entries, stats.hits, stats.misses) == (0, 0, 0)
+        (result,) = asyncio.run(
+            pool.infer("sam3", None, [photo("chelsea.jpg")], Options(prompts=["cat"]))
+        ).results
+        assert result["width"] == 451
+    finally:
+        asyncio.run(pool.close())
+
+
+def test_bf16_weights_drift_little_from_float32(checkpoint: Path) -> None:
+    """The gate's figures for the tiny model's real bf16 run (what the check compares)."""
+    family = Sam3Family()
+    images = [photo(name) for name in family.precision_photos]
+    options = family.precision_options()
+    runs = []
+    for dtype in ("float32", "bfloat16"):
+        request = LoadRequest(VariantSpec("tiny", str(checkpoint)), "cpu", dtype, 2)
+        pipeline = family.load_torch(request)
+        runs.append(run_pipeline(pipeline, images, options))
+        pipeline.close()
+    assert sum(len(r["instances"]) for r in runs[0]) > 0  # threshold 0.3 keeps some
+    metrics = family.precision_metrics(*runs)
+    assert set(metrics) == set(family.precision_gates)
+    assert metrics["mask_iou_min"] > 0.5 and metrics["scores_max_abs_diff"] < 0.2, metrics
+    assert family.precision_metrics(runs[0], runs[0])["scores_max_abs_diff"] == 0.0

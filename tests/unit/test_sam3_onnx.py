@@ -62,6 +62,7 @@ def make_pool(checkpoint: Path, artifacts: Path, engine: str = "auto") -> ModelP
     config = PoolConfig(
         engine=engine,
         artifacts_dir=artifacts,
+        dtype="float32",  # compared with ONNX fp32; auto may pick bf16 on a CPU with bf16 units
         variants={"sam3": VariantTable("tiny", {"tiny": spec})},
     )
     return ModelPool(default_registry(), config)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from engines.base import FamilyExport, OnnxGraph, Pipeline
+from engines.families.sam3.compare import mask_iou
 from engines.families.sam3.options import Sam3Options
 from engines.families.sam3.pipeline import Sam3Pipeline
-from engines.masks import decode_mask
 
 # Export parity: every query of every prompt is kept (threshold 0), so the comparison covers
 # all Q instances per prompt whatever random weights make of the scores.
@@ -119,7 +119,7 @@ class Sam3Export(FamilyExport):
                     matched += 1
                     scores.append(abs(a["score"] - b["score"]))
                     boxes.append(_box_diff(a, b) / side)
-                    ious.append(_mask_iou(a, b, height, width))
+                    ious.append(mask_iou(a, b, height, width))
         return {
             "scores_max_abs_diff": max(scores),
             "boxes_max_abs_diff_rel": max(boxes),
@@ -157,13 +157,6 @@ def _pair_by_rank(
         free.discard(j)
         pairs.append((a, candidate[j]))
     return pairs
-
-
-def _mask_iou(a: dict[str, Any], b: dict[str, Any], height: int, width: int) -> float:
-    x = decode_mask(a["mask"], "rle", height, width)
-    y = decode_mask(b["mask"], "rle", height, width)
-    union = int(np.logical_or(x, y).sum())
-    return 1.0 if union == 0 else int(np.logical_and(x, y).sum()) / union
 
 
 EXPORT = Sam3Export()

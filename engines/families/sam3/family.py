@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from engines.base import Core, Family, LoadRequest, VariantSpec
 from engines.checkpoints import resolve_checkpoint
+from engines.families.sam3.compare import precision_metrics
 from engines.families.sam3.options import Sam3Options
 from engines.families.sam3.pipeline import (
     IMAGES_PER_CALL,
@@ -52,6 +54,26 @@ class Sam3Family(Family):
     graphs = ("vision", "text", "decoder")
     options_type = Sam3Options
     accepts_image_ids = True
+    # bf16 against fp32: instances scoring >= 0.5 in either run found in the other (box IoU
+    # >= 0.5), their scores within 0.05, boxes within 2 % of the longer side, masks IoU >= 0.9.
+    # One photo: a check run is a whole vision encoder on CPU (~30 s at full size).
+    precision_gates = {
+        "sure_matched_fraction": (">=", 1.0),
+        "scores_max_abs_diff": ("<=", 0.05),
+        "boxes_max_abs_diff_rel": ("<=", 0.02),
+        "mask_iou_min": (">=", 0.9),
+    }
+    precision_photos = ("chelsea.jpg",)
+
+    def precision_options(self) -> Sam3Options:
+        """Two prompts at a threshold below the default (see :mod:`.compare`)."""
+        return Sam3Options(prompts=["cat", "a person"], threshold=0.3, output_format="rle")
+
+    def precision_metrics(
+        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
+        """Confident instances matched by box; their worst score, box and mask drift."""
+        return precision_metrics(reference, candidate)
 
     def check_options(self, spec: VariantSpec, hf_token: str | None, options: Any) -> None:
         """Every prompt fits the text encoder (the checkpoint's tokenizer, not the model)."""

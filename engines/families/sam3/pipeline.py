@@ -307,6 +307,10 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
         """The embedding cache's counters (``/models/status``)."""
         return self.cache.stats()
 
+    def reset_caches(self) -> None:
+        """Forget every cached embedding and the cache's counters."""
+        self.cache.reset()
+
     def close(self) -> None:
         """Drop the cached embeddings (device memory), then release the core."""
         self.cache.clear()

@@ -1,0 +1,38 @@
+"""How two runs of SAM3 are compared: by the export's parity check and the bf16 check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from engines.drift import detection_drift
+from engines.masks import decode_mask
+
+# Instances scoring at least this (the default threshold) must be found in the other run; the
+# bf16 check runs at a lower threshold, so that rounding across the threshold is no mismatch.
+SURE_SCORE = 0.5
+
+
+def mask_iou(a: dict[str, Any], b: dict[str, Any], height: int, width: int) -> float:
+    """IoU of two instances' RLE masks (1.0 when both are empty)."""
+    x = decode_mask(a["mask"], "rle", height, width)
+    y = decode_mask(b["mask"], "rle", height, width)
+    union = int(np.logical_or(x, y).sum())
+    return 1.0 if union == 0 else int(np.logical_and(x, y).sum()) / union
+
+
+def precision_metrics(
+    reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Confident instances matched across the runs by box; their score, box and mask drift."""
+    metrics = detection_drift(
+        reference,
+        candidate,
+        items="instances",
+        sure=SURE_SCORE,
+        pair_metric=lambda a, b, image: mask_iou(a, b, image["height"], image["width"]),
+    )
+    metrics["mask_iou_min"] = metrics.pop("pair_metric_min")
+    return metrics
