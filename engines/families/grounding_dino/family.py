@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 from engines.base import Family, LoadRequest, VariantSpec
 from engines.checkpoints import resolve_checkpoint
-from engines.drift import detection_drift
 from engines.families.grounding_dino.images import load_preprocessing
 from engines.families.grounding_dino.options import GroundingDinoOptions
 from engines.families.grounding_dino.pipeline import GroundingDinoPipeline
 from engines.families.grounding_dino.text import encode_prompts
 
-# Detections scoring at least this (the default box threshold) must be found in the other run.
-SURE_SCORE = 0.35
 MM_LICENSE = "Apache-2.0 (MMDetection; see model card)"
 MM_HUB = "openmmlab-community/mm_grounding_dino_{}"
 VARIANTS = {
@@ -50,24 +46,10 @@ class GroundingDinoFamily(Family):
     # On CPU a batch costs more per image than single forwards (padding to the largest image,
     # and the fusion layers' cost grows with it): one image per forward there.
     max_batch_size = {"cpu": 1, "cuda": 8}
-    # bf16 against fp32: detections scoring >= 0.35 (the default box threshold) in either run
-    # found in the other (box IoU >= 0.5), their scores within 0.05, boxes within 2 % of the
-    # longer side; the check runs at box threshold 0.25 (see engines/drift.py).
-    precision_gates = {
-        "sure_matched_fraction": (">=", 1.0),
-        "scores_max_abs_diff": ("<=", 0.05),
-        "boxes_max_abs_diff_rel": ("<=", 0.02),
-    }
-
-    def precision_options(self) -> GroundingDinoOptions:
-        """Three labels, a box threshold below the default."""
-        return GroundingDinoOptions(prompts=["cat", "person", "rocket"], box_threshold=0.25)
-
-    def precision_metrics(
-        self, reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
-    ) -> dict[str, float]:
-        """Confident detections matched by box; their worst score and box drift."""
-        return detection_drift(reference, candidate, items="detections", sure=SURE_SCORE)
+    # No bf16 check on CPU (float32 always): torch 2.13's bf16 CPU path of the deformable
+    # attention's grid sampling read out of bounds and killed the server process (SIGSEGV in
+    # libtorch_cpu) on the full-size model, and bf16 ran slower than float32 there anyway
+    # (11.0 vs 8.5 s per 800x1202 image on the 2-core AVX-512 BF16 machine, 2026-12-06).
 
     def check_options(
         self, spec: VariantSpec, hf_token: str | None, options: GroundingDinoOptions
