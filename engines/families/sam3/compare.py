@@ -23,10 +23,23 @@ def mask_iou(a: dict[str, Any], b: dict[str, Any], height: int, width: int) -> f
     return 1.0 if union == 0 else int(np.logical_and(x, y).sum()) / union
 
 
+def top_scores(result: dict[str, Any], prompts: int) -> np.ndarray:
+    """Each prompt's highest instance score in one image's result (0 where it has none)."""
+    top = np.zeros(prompts)
+    for instance in result["instances"]:
+        index = instance["prompt_index"]
+        top[index] = max(top[index], instance["score"])
+    return top
+
+
 def precision_metrics(
     reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]
 ) -> dict[str, float]:
-    """Confident instances matched across the runs by box; their score, box and mask drift."""
+    """Confident instances matched across the runs by box; their score, box and mask drift.
+
+    Also each prompt's top score in each image, which exists whatever the weights make of the
+    photo (the check keeps every query), so that the gate always compares something.
+    """
     metrics = detection_drift(
         reference,
         candidate,
@@ -35,4 +48,14 @@ def precision_metrics(
         pair_metric=lambda a, b, image: mask_iou(a, b, image["height"], image["width"]),
     )
     metrics["mask_iou_min"] = metrics.pop("pair_metric_min")
+    prompts = 1 + max(
+        (i["prompt_index"] for r in (*reference, *candidate) for i in r["instances"]), default=0
+    )
+    metrics["top_score_abs_diff_max"] = max(
+        (
+            float(np.abs(top_scores(ref, prompts) - top_scores(cand, prompts)).max())
+            for ref, cand in zip(reference, candidate, strict=True)
+        ),
+        default=0.0,
+    )
     return metrics
