@@ -451,6 +451,7 @@ async def cached_pool(checkpoint: Path) -> AsyncIterator[ModelPool]:
         variants={"sam3": VariantTable("tiny", {"tiny": spec})},
         image_cache_mb=1,
         image_cache_ttl_s=120,
+        dtype="float32",  # ENTRY_BYTES: auto may keep bf16 embeddings on a CPU with bf16 units
     )
     pool = ModelPool(default_registry(), config)
     yield pool
@@ -551,6 +552,7 @@ async def test_an_unknown_or_evicted_id_is_not_found(checkpoint: Path) -> None:
     config = PoolConfig(
         variants={"sam3": VariantTable("tiny", {"tiny": spec})},
         image_cache_mb=1.5 * ENTRY_BYTES / 2**20,  # room for one embedding
+        dtype="float32",  # ENTRY_BYTES is float32's
     )
     pool = ModelPool(default_registry(), config)
     try:
