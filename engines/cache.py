@@ -63,18 +63,22 @@ class LruCache(Generic[K, V]):
         self._evictions = 0
         self._lock = threading.Lock()
 
-    def get(self, key: K) -> V | None:
-        """The value of ``key``, now the most recently used; None (a miss) when absent."""
+    def get(self, key: K, *, count: bool = True) -> V | None:
+        """The value of ``key``, now the most recently used; None (a miss) when absent.
+
+        ``count=False`` leaves the hit and miss counters alone (a second look for a lookup
+        already counted).
+        """
         with self._lock:
             now = self._clock()
             self._expire(now)
             entry = self._entries.get(key)
             if entry is None:
-                self._misses += 1
+                self._misses += count
                 return None
             entry.last_used = now
             self._entries.move_to_end(key)
-            self._hits += 1
+            self._hits += count
             return entry.value
 
     def put(self, key: K, value: V, size_bytes: int) -> bool:

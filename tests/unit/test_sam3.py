@@ -497,6 +497,47 @@ async def test_the_same_image_with_new_prompts_skips_the_vision_encoder(
     assert (await pipeline_of(pool)).cache_stats().budget_bytes == 0  # PoolConfig: off
 
 
+async def test_an_image_stored_after_its_prepare_is_not_encoded_again(
+    cached_pool: ModelPool,
+) -> None:
+    """Two requests for one new image, prepared before either forward: one encoding."""
+    pipeline = await pipeline_of(cached_pool)
+    image = photo("rocket.jpg")
+    first, second = Options(prompts=["cat"]), Options(prompts=["rocket", "sky"])
+    prepared = [pipeline.prepare(image, first), pipeline.prepare(image.copy(), second)]
+    assert all("embedding" not in p.extra for p in prepared)  # both missed the cache
+    with graph_calls(pipeline) as calls:
+        raws = [pipeline.forward([p], o) for p, o in zip(prepared, (first, second), strict=True)]
+    assert calls == ["text", "vision", "decoder", "text", "decoder"]
+    stats = pipeline.cache_stats()
+    assert (stats.entries, stats.hits, stats.misses) == (1, 0, 2)  # the second look: no count
+    # The second request's answer is the one it gets from the cache once the image is there.
+    again = await cached_pool.infer("sam3", None, [image], second)
+    assert pipeline.postprocess(raws[1][0], prepared[1], second) == again.results[0]
+
+
+async def test_the_same_image_twice_in_a_batch_is_encoded_once(cached_pool: ModelPool) -> None:
+    pipeline = await pipeline_of(cached_pool)
+    options = Options(prompts=["cat", "person"], threshold=0.0)
+    image = photo("chelsea.jpg")
+    batch = [pipeline.prepare(image, options), pipeline.prepare(image.copy(), options)]
+    encoded: list[int] = []
+    encode = pipeline.encode_images
+
+    def counting(pixels: np.ndarray) -> list[Any]:
+        encoded.append(len(pixels))
+        return encode(pixels)
+
+    pipeline.encode_images = counting  # type: ignore[method-assign]
+    try:
+        one, two = pipeline.forward(batch, options)
+    finally:
+        del pipeline.encode_images
+    assert encoded == [1]
+    results = [pipeline.postprocess(r, p, options) for r, p in zip((one, two), batch, strict=True)]
+    assert results[0] == results[1] and len(results[0]["instances"]) > 0
+
+
 async def test_only_images_not_cached_are_encoded_in_a_mixed_batch(cached_pool: ModelPool) -> None:
     pipeline = await pipeline_of(cached_pool)
     images = [photo(name) for name in PHOTOS]

@@ -380,18 +380,36 @@ class Sam3Pipeline(Pipeline[Sam3Options]):
     def embeddings(self, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
         """Each image's vision outputs, as the decoder reads them.
 
-        Images :meth:`prepare` found in the cache take theirs from it; the others are encoded
-        now, in one vision call, and stored under their ``image_id`` when they have one.
+        Images :meth:`prepare` found in the cache take theirs from it. The others are looked up
+        again (a forward that ran since, for another request with the same image and other
+        prompts, stored it), then encoded now, once per distinct image, in one vision call, and
+        stored under their ``image_id`` when they have one.
         """
         cached: list[Embedding | None] = [p.extra.get("embedding") for p in batch]
+        for i, prepared in enumerate(batch):
+            key = prepared.extra.get("image_id")
+            if cached[i] is None and key is not None:
+                cached[i] = self.cache.get(key, count=False)  # prepare counted its miss
         outputs = [None if e is None else e.arrays for e in cached]
         missing = [i for i, out in enumerate(outputs) if out is None]
         if missing:
-            pixels = np.stack([batch[i].arrays["pixel_values"] for i in missing])
-            for i, out in zip(missing, self.encode_images(pixels), strict=True):
+            # The same image twice in one batch is encoded once.
+            first: dict[str, int] = {}
+            unique: list[int] = []
+            for i in missing:
+                key = batch[i].extra.get("image_id")
+                if key is None or key not in first:
+                    if key is not None:
+                        first[key] = i
+                    unique.append(i)
+            pixels = np.stack([batch[i].arrays["pixel_values"] for i in unique])
+            for i, out in zip(unique, self.encode_images(pixels), strict=True):
                 outputs[i] = out
                 if batch[i].extra.get("image_id") is not None:
-                    self._store(batch[i], out, copy=len(missing) > 1)
+                    self._store(batch[i], out, copy=len(unique) > 1)
+            for i in missing:
+                if outputs[i] is None:
+                    outputs[i] = outputs[first[batch[i].extra["image_id"]]]
         return [out for out in outputs if out is not None]
 
     def _store(self, prepared: Prepared, outputs: dict[str, Any], *, copy: bool) -> None:
