@@ -75,9 +75,13 @@ def colour(index: int) -> tuple[int, int, int]:
 
 
 def encode_png(image: Image.Image) -> str:
-    """Base64 (ASCII) of ``image`` as a PNG."""
+    """Base64 (ASCII) of ``image`` as a PNG.
+
+    zlib level 1: a 902x300 visualization encodes in 13 ms instead of 54 ms at Pillow's
+    default level 6, for 10 % more bytes (345 vs 313 KiB), measured on the 2-core CPU.
+    """
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
