@@ -28,6 +28,11 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def box_max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest coordinate difference of two detections' boxes (pixels)."""
+    return float(np.max(np.abs(np.asarray(a["box"], np.float64) - np.asarray(b["box"]))))
+
+
 def detection_drift(
     reference: Sequence[dict[str, Any]],
     candidate: Sequence[dict[str, Any]],
@@ -67,8 +72,7 @@ def detection_drift(
                     continue
                 sure_found += 1
                 scores.append(abs(a["score"] - best["score"]))
-                diff = np.abs(np.asarray(a["box"], np.float64) - np.asarray(best["box"]))
-                boxes.append(float(diff.max()) / side)
+                boxes.append(box_max_abs_diff(a, best) / side)
                 if pair_metric is not None:
                     pairs_metric.append(pair_metric(a, best, ref))
     metrics = {

@@ -1,4 +1,7 @@
-"""Depth maps as the API returns them: resized to the input image, encoded as 16-bit PNG."""
+"""Depth maps as the API returns them: resized to the input image, encoded as 16-bit PNG.
+
+Also intrinsics taken from network pixels to the input image's.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +50,14 @@ def png_to_depth(encoded: str, low: float, high: float) -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
         levels = np.asarray(image).astype(np.float64)
     return low + levels / PNG_LEVELS * (high - low)
+
+
+def scale_intrinsics(
+    intrinsics: np.ndarray, image_size: tuple[int, int], network_size: tuple[int, int]
+) -> np.ndarray:
+    """3×3 intrinsics from network-input to input-image pixels: fx, cx by W/w; fy, cy by H/h."""
+    (width, height), (net_w, net_h) = image_size, network_size
+    scaled = intrinsics.copy()
+    scaled[0, :] *= width / net_w
+    scaled[1, :] *= height / net_h
+    return scaled

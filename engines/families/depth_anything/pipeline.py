@@ -42,7 +42,7 @@ from PIL import Image
 
 from engines.base import Pipeline, Prepared, Task
 from engines.errors import InvalidInputError
-from engines.families.depth_anything.maps import depth_to_png, resize_depth
+from engines.families.depth_anything.maps import depth_to_png, resize_depth, scale_intrinsics
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.v2 import DptPreprocessing, is_v2_config
 from engines.visualize import depth_panel, encode_png, requested
@@ -263,14 +263,3 @@ def metric_from_focal(
     (width, height), (net_w, net_h) = image_size, network_size
     focal_network = focal_px * (net_w / width + net_h / height) / 2.0
     return metric_depth_m(torch.from_numpy(depth), focal_network).numpy()
-
-
-def scale_intrinsics(
-    intrinsics: np.ndarray, image_size: tuple[int, int], network_size: tuple[int, int]
-) -> np.ndarray:
-    """3×3 intrinsics from network-input to input-image pixels: fx, cx by W/w; fy, cy by H/h."""
-    (width, height), (net_w, net_h) = image_size, network_size
-    scaled = intrinsics.copy()
-    scaled[0, :] *= width / net_w
-    scaled[1, :] *= height / net_h
-    return scaled

@@ -30,7 +30,7 @@ from PIL import Image
 
 from engines.base import Task
 from engines.errors import InvalidInputError, PayloadTooLargeError
-from engines.families.depth_anything.maps import depth_to_png, resize_depth
+from engines.families.depth_anything.maps import depth_to_png, resize_depth, scale_intrinsics
 from engines.families.depth_anything.options import REF_VIEW_STRATEGIES, DepthSceneOptions
 from engines.visualize import depth_panel, encode_png
 
@@ -275,13 +275,11 @@ def to_input_intrinsics(
     crop: tuple[int, int],
 ) -> np.ndarray:
     """The inverse of :func:`to_network_intrinsics`."""
-    (width, height), (res_w, res_h), (left, top) = input_size, resized_size, crop
+    left, top = crop
     k = np.array(intrinsics, np.float64)
     k[0, 2] += left
     k[1, 2] += top
-    k[0] *= width / res_w
-    k[1] *= height / res_h
-    return k
+    return scale_intrinsics(k, input_size, resized_size)
 
 
 def to_input_pixels(

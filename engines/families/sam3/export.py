@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import FamilyExport, OnnxGraph, Pipeline
+from engines.drift import box_max_abs_diff
 from engines.families.sam3.compare import mask_iou
 from engines.families.sam3.options import Sam3Options
 from engines.families.sam3.pipeline import Sam3Pipeline
@@ -118,7 +119,7 @@ class Sam3Export(FamilyExport):
                 for a, b in _pair_by_rank(r, c, side):
                     matched += 1
                     scores.append(abs(a["score"] - b["score"]))
-                    boxes.append(_box_diff(a, b) / side)
+                    boxes.append(box_max_abs_diff(a, b) / side)
                     ious.append(mask_iou(a, b, height, width))
         return {
             "scores_max_abs_diff": max(scores),
@@ -126,10 +127,6 @@ class Sam3Export(FamilyExport):
             "mask_iou_min": min(ious),
             "instances_matched_fraction": matched / total if total else 1.0,
         }
-
-
-def _box_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    return float(np.max(np.abs(np.asarray(a["box"]) - np.asarray(b["box"]))))
 
 
 def _pair_by_rank(
@@ -141,7 +138,7 @@ def _pair_by_rank(
     for i, a in enumerate(reference):
         if i in free:
             b = candidate[i]
-            if abs(a["score"] - b["score"]) <= 1e-4 and _box_diff(a, b) <= 1e-3 * side:
+            if abs(a["score"] - b["score"]) <= 1e-4 and box_max_abs_diff(a, b) <= 1e-3 * side:
                 free.discard(i)
                 pairs.append((a, b))
                 continue
@@ -151,7 +148,7 @@ def _pair_by_rank(
         j = min(
             window,
             key=lambda k: (
-                _box_diff(a, candidate[k]) / side + abs(a["score"] - candidate[k]["score"])
+                box_max_abs_diff(a, candidate[k]) / side + abs(a["score"] - candidate[k]["score"])
             ),
         )
         free.discard(j)
