@@ -212,10 +212,28 @@ def _load_dinov3(path: Path) -> dict[str, Any]:
 
 
 def _load_depth(path: Path) -> dict[str, Any]:
+    if "model_name" in json.loads((path / "config.json").read_text()):
+        return _load_da3(path)
     from transformers import DepthAnythingForDepthEstimation, DPTImageProcessorPil
 
     model = DepthAnythingForDepthEstimation.from_pretrained(path, attn_implementation="eager")
     return {"model": model.eval(), "processor": DPTImageProcessorPil.from_pretrained(path)}
+
+
+def _load_da3(path: Path) -> dict[str, Any]:
+    """Depth Anything 3 in the official layout (``{"model_name": ...}``), served by the
+    official package's own API (``DepthAnything3.inference``), as its README shows. It needs
+    the package and its inference-time imports (torchvision, OpenCV, moviepy, pycolmap, ...),
+    which our environment does not have: see ``bench_serving.py --baseline-python``."""
+    try:
+        from depth_anything_3.api import DepthAnything3
+    except ImportError as exc:
+        raise SystemExit(
+            f"serving {path} needs the official depth-anything-3 package and its inference "
+            f"dependencies ({exc})"
+        ) from exc
+
+    return {"model": DepthAnything3.from_pretrained(str(path)).eval(), "da3": True}
 
 
 def _load_grounding_dino(path: Path) -> dict[str, Any]:
@@ -311,6 +329,8 @@ def run_dinov3(entry: dict[str, Any], images: list[Image.Image], request: Dinov3
 
 
 def run_depth(entry: dict[str, Any], images: list[Image.Image], request: DepthRequest) -> tuple:
+    if entry.get("da3"):
+        return run_da3(entry, images)
     preprocess = inference = postprocess = 0.0
     results = []
     for image in images:
@@ -336,6 +356,36 @@ def run_depth(entry: dict[str, Any], images: list[Image.Image], request: DepthRe
         )
         postprocess += _ms(started)
     return results, preprocess, inference, postprocess
+
+
+def run_da3(entry: dict[str, Any], images: list[Image.Image]) -> tuple:
+    """One ``inference([image])`` call per image (its pre-processing, forward and output
+    conversion: counted as inference), the depth resized to the image bilinearly."""
+    inference = postprocess = 0.0
+    results = []
+    for image in images:
+        started = time.perf_counter()
+        prediction = entry["model"].inference([image])
+        inference += _ms(started)
+        started = time.perf_counter()
+        depth = torch.nn.functional.interpolate(
+            torch.from_numpy(prediction.depth[:1]).unsqueeze(1),
+            size=(image.height, image.width),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
+        results.append(
+            {
+                "width": image.width,
+                "height": image.height,
+                "relation": "depth",
+                "min": depth.min().item(),
+                "max": depth.max().item(),
+                "depth": depth.tolist(),
+            }
+        )
+        postprocess += _ms(started)
+    return results, 0.0, inference, postprocess
 
 
 def run_grounding_dino(

@@ -17,6 +17,18 @@ export (``vision-api export dinov3 --config CONFIG --out DIR``).
     python benchmarks/bench_serving.py --family dinov3 --json benchmarks/results/serving.json
     python benchmarks/bench_serving.py --family depth-anything --concurrency 4 16
     python benchmarks/bench_serving.py --family sam3 --concurrency 1 --requests 1 --rounds 1
+
+DA3-small against the official package's own ``DepthAnything3.inference`` (``--variant small``)
+needs an environment where that API imports: torch with a working torchvision, the package
+and its inference-time imports. Both servers run in it (``sys.executable``), so both use the
+same torch, e.g. with torch 2.14.1 and torchvision 0.29.1 (this machine's working pair):
+
+    python -m venv /tmp/da3venv && . /tmp/da3venv/bin/activate
+    pip install torch==2.14.1 torchvision==0.29.1
+    pip install --no-deps depth-anything-3==0.1.1
+    pip install addict einops omegaconf evo scipy imageio moviepy==1.0.3 \
+        opencv-python-headless pycolmap trimesh plyfile -e '.[bench]'
+    python benchmarks/bench_serving.py --family depth-anything --variant small
 """
 
 from __future__ import annotations
@@ -166,6 +178,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--family", choices=list(harness.VARIANTS), default="dinov3")
+    parser.add_argument(
+        "--variant",
+        help="the variant to serve (default: the family's in harness.VARIANTS); "
+        "depth-anything: v2-small (transformers on both sides) or small (DA3-small; the "
+        "baseline runs the official package)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=48, help="requests per server and round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per concurrency")
@@ -198,10 +216,13 @@ def main() -> None:
         parser.error("--concurrency, --requests and --rounds must be at least 1")
     user_env = harness.env_pairs(args.ours_env)
 
-    name = harness.CHECKPOINT_NAMES[args.family]
+    variant = args.variant or harness.VARIANTS[args.family]
+    name = harness.CHECKPOINT_NAMES.get((args.family, variant))
+    if name is None:
+        parser.error(f"no benchmark checkpoint for {args.family} {variant}")
     config = checkpoints.prepare(args.checkpoints, [name])
     checkpoint = checkpoints.ensure(args.checkpoints, name)
-    bodies = harness.request_bodies(args.family)
+    bodies = harness.request_bodies(args.family, variant)
     url_path = f"/inference/{args.family}"
     harness.stop_on_sigterm()
     started = time.perf_counter()
@@ -221,9 +242,7 @@ def main() -> None:
             if args.warmup > 0:
                 asyncio.run(_warm_lanes(list(servers.values()), url_path, bodies, args))
             rows = asyncio.run(measure(servers, url_path, bodies, args))
-            status = harness.model_status(
-                servers["ours"].url, args.family, harness.VARIANTS[args.family]
-            )
+            status = harness.model_status(servers["ours"].url, args.family, variant)
         finally:
             for server in servers.values():
                 server.stop()
@@ -235,7 +254,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "machine": harness.machine(),
         "family": args.family,
-        "variant": harness.VARIANTS[args.family],
+        "variant": variant,
         "ours_env": user_env,
         "first_response": first,
         "ours_model_status": status,

@@ -48,12 +48,15 @@ VARIANTS = {
     "grounding-dino": "tiny",
     "sam3": "sam3",
 }
-# family → checkpoint name in benchmarks/checkpoints.py (the baseline serves DA-V2, not DA3)
+# (family, variant) → checkpoint name in benchmarks/checkpoints.py. DA3-small (variant
+# "small") is served by the baseline through the official package, which only an environment
+# with its inference dependencies has (bench_serving.py's docstring).
 CHECKPOINT_NAMES = {
-    "dinov3": "dinov3",
-    "depth-anything": "depth-anything-v2",
-    "grounding-dino": "grounding-dino",
-    "sam3": "sam3",
+    ("dinov3", "vits16"): "dinov3",
+    ("depth-anything", "v2-small"): "depth-anything-v2",
+    ("depth-anything", "small"): "depth-anything",
+    ("grounding-dino", "tiny"): "grounding-dino",
+    ("sam3", "sam3"): "sam3",
 }
 SAM3_PROMPTS = ["cat", "dog", "person", "rocket", "flag", "coffee cup", "camera", "tree"]
 GROUNDING_DINO_PROMPTS = ["a cat", "a person", "a rocket"]
@@ -196,14 +199,15 @@ def square_photo(path: Path, side: int = 512) -> bytes:
     return buffer.getvalue()
 
 
-def request_bodies(family: str) -> list[bytes]:
-    """JSON bodies of one-image requests for ``family``, one per photo; sent in rotation.
+def request_bodies(family: str, variant: str | None = None) -> list[bytes]:
+    """JSON bodies of one-image requests for ``family`` (``variant`` or the family's benchmark
+    variant), one per photo; sent in rotation.
 
     DINOv3: each photo as a 512² JPEG, CLS embedding. Depth Anything: each photo as it is,
     depth as an array. GroundingDINO: each photo, three labels. SAM3: one photo with eight
     prompts, masks as RLE (dense masks would make the JSON the bottleneck).
     """
-    variant = VARIANTS[family]
+    variant = variant or VARIANTS[family]
     if family == "dinov3":
         return [
             json.dumps({"images": [_b64(square_photo(p))], "variant": variant}).encode()
