@@ -26,6 +26,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -233,7 +234,16 @@ def _load_da3(path: Path) -> dict[str, Any]:
             f"dependencies ({exc})"
         ) from exc
 
-    return {"model": DepthAnything3.from_pretrained(str(path)).eval(), "da3": True}
+    model = DepthAnything3.from_pretrained(str(path)).eval()
+    if os.environ.get("BASELINE_DA3_AUTOCAST") == "off":
+        # The package's forward always autocasts, to float16 where torch reports no CUDA bf16
+        # (any CPU): slow on CPUs without float16 arithmetic. The same forward in float32.
+        def forward_fp32(image: torch.Tensor, *args: Any) -> Any:
+            with torch.inference_mode():
+                return model.model(image, *args)
+
+        model.forward = forward_fp32
+    return {"model": model, "da3": True}
 
 
 def _load_grounding_dino(path: Path) -> dict[str, Any]:

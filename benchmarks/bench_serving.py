@@ -210,6 +210,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="environment for our server, e.g. VISION_API_DTYPE=bfloat16 (repeatable)",
     )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the baseline, e.g. BASELINE_DA3_AUTOCAST=off (repeatable)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if min(args.concurrency) < 1 or args.requests < 1 or args.rounds < 1:
@@ -232,7 +239,9 @@ def main() -> None:
         ours_env = {"VISION_API_ARTIFACTS_DIR": empty, **user_env}
         try:
             servers["ours"] = harness.start_ours(config, ours_env)
-            servers["baseline"] = harness.start_baseline({args.family: checkpoint})
+            servers["baseline"] = harness.start_baseline(
+                {args.family: checkpoint}, env=harness.env_pairs(args.baseline_env)
+            )
             for server in servers.values():
                 server.wait_healthy(args.start_timeout_s)
             first = asyncio.run(
@@ -256,6 +265,7 @@ def main() -> None:
         "family": args.family,
         "variant": variant,
         "ours_env": user_env,
+        "baseline_env": harness.env_pairs(args.baseline_env),
         "first_response": first,
         "ours_model_status": status,
         "requests_per_round": args.requests,

@@ -145,14 +145,17 @@ def start_ours(config: Path, env: dict[str, str], port: int | None = None) -> Se
     return ServerProcess("ours", command, port, environ)
 
 
-def start_baseline(checkpoints: dict[str, Path], port: int | None = None) -> ServerProcess:
-    """``benchmarks/baseline_server.py`` serving ``checkpoints`` (family → directory)."""
+def start_baseline(
+    checkpoints: dict[str, Path], port: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """``benchmarks/baseline_server.py`` serving ``checkpoints`` (family → directory);
+    ``env`` adds to its environment (``BASELINE_DA3_AUTOCAST=off``)."""
     port = port or free_port()
     command = [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py")]
     command += ["--host", HOST, "--port", str(port)]
     for family, path in checkpoints.items():
         command += [f"--{family}", str(path)]
-    environ = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    environ = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", **(env or {})}
     return ServerProcess("baseline", command, port, environ)
 
 
