@@ -67,6 +67,7 @@ class GroundingDinoFamily(Family):
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
 
+        from engines.families.grounding_dino.deformable import use_gathered_attention
         from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
         path = torch_checkpoint(request, ["*.json", "*.safetensors", "*.txt"])
@@ -74,6 +75,7 @@ class GroundingDinoFamily(Family):
             path, dtype=DTYPES[request.dtype]
         )
         model = model.to(request.device).eval()
+        use_gathered_attention(model)
         tokenizer = AutoTokenizer.from_pretrained(path)
 
         def run_model(
