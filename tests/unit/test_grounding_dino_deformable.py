@@ -1,4 +1,5 @@
-"""GroundingDINO's deformable attention as one weighted gather (``deformable.py``)."""
+"""GroundingDINO's CPU paths: the deformable attention as one weighted gather
+(``deformable.py``) and the encoder's feed-forward in blocks of rows (``feedforward.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from engines.families.grounding_dino.deformable import (
     use_gathered_attention,
 )
 from engines.families.grounding_dino.family import GroundingDinoFamily
+from engines.families.grounding_dino.feedforward import BLOCK_ROWS, BlockedFeedForward
 from engines.families.grounding_dino.tiny import write_tiny
 
 SHAPES = [(20, 27), (10, 14), (5, 7), (3, 4)]
@@ -100,7 +102,7 @@ def test_a_trace_and_other_dtypes_run_the_models_own_code() -> None:
     )  # bf16: the model's own code, bit for bit
 
 
-def test_served_model_uses_the_gather(tmp_path: Path) -> None:
+def test_served_model_uses_both_cpu_paths(tmp_path: Path) -> None:
     checkpoint = tmp_path / write_tiny(tmp_path)["tiny"]
     pipeline = GroundingDinoFamily().load_torch(
         LoadRequest(VariantSpec("tiny", str(checkpoint)), "cpu", "float32", 2)
@@ -110,5 +112,35 @@ def test_served_model_uses_the_gather(tmp_path: Path) -> None:
     config = model.config
     assert len(kernels) == config.encoder_layers + config.decoder_layers
     assert all("forward" in vars(k) for k in kernels)
+    blocked = [m for m in model.modules() if isinstance(m, BlockedFeedForward)]
+    assert len(blocked) == config.encoder_layers
     # the class and a model loaded by transformers alone keep the model's own forward
     assert "forward" not in vars(MultiScaleDeformableAttention()) and kernels
+
+
+# -- the encoder's feed-forward in blocks of rows ---------------------------------------------
+@pytest.mark.parametrize("rows", [1, BLOCK_ROWS, 2 * BLOCK_ROWS + 17])
+def test_blocked_feedforward_equals_the_layers(rows: int) -> None:
+    torch.manual_seed(rows)
+    fc1, fc2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+    blocked = BlockedFeedForward(fc1, torch.nn.ReLU(), fc2).eval()
+    x = torch.randn(1, rows, 64)
+    with torch.inference_mode():
+        expected = fc2(torch.relu(fc1(x)))
+        got = blocked(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        got64 = BlockedFeedForward(fc1.double(), torch.nn.ReLU(), fc2.double())(x.double())
+        torch.testing.assert_close(got64, fc2(torch.relu(fc1(x.double()))), rtol=1e-12, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_blocked_feedforward_traces_as_the_layers() -> None:
+    blocked = BlockedFeedForward(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    x = torch.randn(3, 8)
+    traced = torch.jit.trace(blocked.eval(), (x,), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "aten::linear" in graph and "relu" in graph and "addmm" not in graph
+    with torch.inference_mode():
+        torch.testing.assert_close(traced(x), blocked(x))
+    assert blocked(x).requires_grad  # with gradients: the layers' own code

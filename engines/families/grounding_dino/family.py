@@ -68,6 +68,7 @@ class GroundingDinoFamily(Family):
         from transformers import AutoModelForZeroShotObjectDetection, AutoTokenizer
 
         from engines.families.grounding_dino.deformable import use_gathered_attention
+        from engines.families.grounding_dino.feedforward import use_blocked_feedforward
         from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
         path = torch_checkpoint(request, ["*.json", "*.safetensors", "*.txt"])
@@ -75,7 +76,8 @@ class GroundingDinoFamily(Family):
             path, dtype=DTYPES[request.dtype]
         )
         model = model.to(request.device).eval()
-        use_gathered_attention(model)
+        use_gathered_attention(model)  # on CPU: see each module
+        use_blocked_feedforward(model)
         tokenizer = AutoTokenizer.from_pretrained(path)
 
         def run_model(
