@@ -40,6 +40,7 @@ from engines.errors import (
     VisionError,
 )
 from engines.loading import LoaderConfig, ModelLoader
+from engines.memory import keep_freed_memory, release_freed_memory
 from engines.registry import FamilyRegistry, VariantTable
 from engines.threads import init_compute_thread, init_helper_thread
 
@@ -64,6 +65,8 @@ class PoolConfig:
         batch_limits: Per model type, ``(max_batch_size, max_batch_delay_ms)`` overriding the
             two above (None in either place: not overridden).
         compute_workers: Forwards that may run at once in this process.
+        keep_freed_memory: Keep freed large blocks in glibc's heap for the next forward
+            (process-wide, set when the pool is created; :mod:`engines.memory`).
         memory_budget_mb: Most megabytes of weights resident per device (None: no limit).
         min_residency_s: A model loaded more recently than this is not unloaded to make room.
         hf_token: Token for gated Hugging Face repos.
@@ -89,6 +92,7 @@ class PoolConfig:
     max_batch_delay_ms: float | None = None
     batch_limits: dict[str, tuple[int | None, float | None]] = field(default_factory=dict)
     compute_workers: int = 1
+    keep_freed_memory: bool = True
     memory_budget_mb: float | None = None
     min_residency_s: float = 30.0
     hf_token: str | None = None
@@ -199,6 +203,8 @@ class ModelPool:
                 image_cache_ttl_s=config.image_cache_ttl_s,
             )
         )
+        if config.keep_freed_memory:
+            keep_freed_memory()
         self.observer = PoolObserver()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -450,6 +456,7 @@ class ModelPool:
             await model.batcher.close()
         self._models.pop((model.model_type, model.variant), None)
         await self._run(self._cpu, model.pipeline.close)
+        await self._run(self._cpu, release_freed_memory)
         log.info("unloaded %s/%s", model.model_type, model.variant)
 
     def is_loaded(self, resolved: ResolvedModel) -> bool:

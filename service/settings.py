@@ -111,6 +111,9 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_batch_delay_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
     # Forwards that may run at once in this process (pre/post-processing overlaps them).
     compute_workers: Annotated[int, Meta(ge=1)] = 1
+    # glibc: serve large blocks from the heap and keep freed ones for the next forward instead
+    # of mapping and zero-filling them anew each time (given back when a model unloads).
+    keep_freed_memory: bool = True
     # Inference requests one loaded model takes at once; beyond it 503 with Retry-After.
     max_in_flight_per_model: Annotated[int, Meta(ge=1)] = 64
     # Most MB of model weights resident per device; least recently used models make room.

@@ -47,6 +47,7 @@ def pool_config(settings: Settings) -> PoolConfig:
             if config.max_batch_size is not None or config.max_batch_delay_ms is not None
         },
         compute_workers=runtime.compute_workers,
+        keep_freed_memory=runtime.keep_freed_memory,
         max_in_flight_per_model=runtime.max_in_flight_per_model,
         memory_budget_mb=runtime.memory_budget_mb,
         min_residency_s=runtime.min_residency_s,
