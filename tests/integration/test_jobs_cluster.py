@@ -205,7 +205,10 @@ async def test_a_worker_stopped_mid_job_does_not_lose_it(
             assert job["started_at"] > running["started_at"]  # the second attempt's start
             assert "try=2" in second.text() and _ran(second, job_id) == 1
             if sig == signal.SIGKILL:
-                assert seen[:2] == ["running", "pending"] and waited_s > timeout_s + 5
+                # Running until its claim expires, then pending only until the next worker's
+                # poll takes it (within its poll delay): polls on a loaded machine can miss that.
+                assert seen[0] == "running" and set(seen[1:-1]) <= {"pending", "running"}, seen
+                assert waited_s > timeout_s + 5, waited_s
             assert seen[-1] == "completed", seen  # (its second run may be too quick to see)
     finally:
         first.stop(signal.SIGKILL)

@@ -47,6 +47,10 @@ from engines.families.depth_anything.da3.views import (  # noqa: E402
 from tests.unit.test_da3_parity import build_reference, rel_error, save_official  # noqa: E402
 
 RTOL = 1e-4  # per view and output: max |ours - reference| / max |reference|, fp32
+# ONNX Runtime's kernels against torch's: their rounding differs by CPU. On a 2-core AVX2 EPYC
+# the 3-view intrinsics (no cameras, saddle_balanced) came to 1.07e-4 while every other output
+# stayed under 8e-6; on AVX-512 machines all stayed under 1e-4.
+ONNX_RTOL = 5e-4
 INPUT_HW = (98, 126)  # a 7 x 9 patch grid
 VIEW_GAINS = (1.0, -1.0, 2.0, -2.0, 0.5)  # views differ in contrast and sign
 OUTPUTS = {
@@ -303,7 +307,7 @@ def test_scene_graph_exports_to_onnx(tiny_network: Da3Network, tmp_path: Path) -
                 ours = session.run(None, feed)
                 for mine, theirs in zip(ours, expected, strict=True):
                     error = rel_error(torch.from_numpy(mine), theirs)
-                    assert error <= RTOL, (count, has_cameras, strategy, error)
+                    assert error <= ONNX_RTOL, (count, has_cameras, strategy, error)
                 if not has_cameras:
                     extrinsics_by_strategy.append(torch.from_numpy(ours[3]))
         first, middle = extrinsics_by_strategy[:2]
