@@ -225,7 +225,7 @@ def _load_da3(path: Path) -> dict[str, Any]:
     """Depth Anything 3 in the official layout (``{"model_name": ...}``), served by the
     official package's own API (``DepthAnything3.inference``), as its README shows. It needs
     the package and its inference-time imports (torchvision, OpenCV, moviepy, pycolmap, ...),
-    which our environment does not have: see ``bench_serving.py --baseline-python``."""
+    which our environment does not have: see ``bench_serving.py``'s docstring."""
     try:
         from depth_anything_3.api import DepthAnything3
     except ImportError as exc:
