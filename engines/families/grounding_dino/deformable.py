@@ -5,8 +5,8 @@ with ``grid_sample`` into a (B·heads, dim, queries, points) tensor laid out cha
 stacks the levels into one tensor of 16 samples per query and head, multiplies by the attention
 weights and sums. With the encoder's ~20,000 queries at 800×1200 that is four 80 MB samplings
 whose writes stride across channels, a 330 MB stack and a product of the same size, per layer:
-1.0 s of each encoder layer on 2 cores (the profile of ``benchmarks/bench_grounding_dino_msda.py``;
-about a third of the whole forward).
+~1.0 s of each of the six encoder layers on 2 cores, about a third of the whole forward (torch
+profiler; the kernel timed alone in ``benchmarks/bench_grounding_dino_msda.py``).
 
 The same sum written as what it is: every output row (one query, one head) is a weighted sum of
 64 rows of ``value`` (levels × points × the 4 bilinear corners), and ``value`` already is a
@@ -14,9 +14,9 @@ table of (batch, position, head) rows of ``dim`` contiguous floats. ``F.embeddin
 ``per_sample_weights`` takes exactly that sum, reading each corner's row contiguously; the
 bilinear weights (zero for a corner outside the map, as ``grid_sample``'s zero padding) are
 multiplied by the attention weights first, on the (queries × heads × levels × points) tensors.
-Per encoder layer 790 → 175 ms on the same machine. It computes the same terms (in float64
-the two agree to 1e-15; in float32 each is as far from float64 as the other, ~1.6e-5 on
-outputs of magnitude ~2, see the unit tests), in another summation order.
+Per encoder layer 790 → 175 ms on the same machine (3.8-4.6x across runs). It computes the
+same terms (in float64 the two agree to 1e-15; in float32 each is as far from float64 as the
+other, ~1.6e-5 on outputs of magnitude ~2, see the unit tests), in another summation order.
 
 Served on CPU only, in float32 and float64 (the parity reference); any other device, dtype or a
 trace (the ONNX exporter's, which patches the class's own forward, see :mod:`.patches`) runs
