@@ -475,6 +475,23 @@ def graph_calls(pipeline: Sam3Pipeline) -> Iterator[list[str]]:
         del pipeline.core.run
 
 
+@contextmanager
+def encoded_rows(pipeline: Sam3Pipeline) -> Iterator[list[int]]:
+    """How many images each vision-encoder call encodes while the block runs, in order."""
+    rows: list[int] = []
+    encode = pipeline.encode_images
+
+    def counting(pixels: np.ndarray) -> list[Any]:
+        rows.append(len(pixels))
+        return encode(pixels)
+
+    pipeline.encode_images = counting  # type: ignore[method-assign]
+    try:
+        yield rows
+    finally:
+        del pipeline.encode_images
+
+
 async def test_the_same_image_with_new_prompts_skips_the_vision_encoder(
     pool: ModelPool, cached_pool: ModelPool
 ) -> None:
@@ -521,18 +538,8 @@ async def test_the_same_image_twice_in_a_batch_is_encoded_once(cached_pool: Mode
     options = Options(prompts=["cat", "person"], threshold=0.0)
     image = photo("chelsea.jpg")
     batch = [pipeline.prepare(image, options), pipeline.prepare(image.copy(), options)]
-    encoded: list[int] = []
-    encode = pipeline.encode_images
-
-    def counting(pixels: np.ndarray) -> list[Any]:
-        encoded.append(len(pixels))
-        return encode(pixels)
-
-    pipeline.encode_images = counting  # type: ignore[method-assign]
-    try:
+    with encoded_rows(pipeline) as encoded:
         one, two = pipeline.forward(batch, options)
-    finally:
-        del pipeline.encode_images
     assert encoded == [1]
     results = [pipeline.postprocess(r, p, options) for r, p in zip((one, two), batch, strict=True)]
     assert results[0] == results[1] and len(results[0]["instances"]) > 0
@@ -543,18 +550,8 @@ async def test_only_images_not_cached_are_encoded_in_a_mixed_batch(cached_pool: 
     images = [photo(name) for name in PHOTOS]
     options = Options(threshold=0.0)
     (alone,) = (await cached_pool.infer("sam3", None, [images[1]], options)).results
-    vision_rows: list[int] = []
-    encode = pipeline.encode_images
-
-    def counting(pixels: np.ndarray) -> list[Any]:
-        vision_rows.append(len(pixels))
-        return encode(pixels)
-
-    pipeline.encode_images = counting  # type: ignore[method-assign]
-    try:
+    with encoded_rows(pipeline) as vision_rows:
         outcome = await cached_pool.infer("sam3", None, images, options)
-    finally:
-        del pipeline.encode_images
     assert vision_rows == [2]  # images 0 and 2; image 1 came from the cache
     assert outcome.results[1] == alone
     assert [(r["width"], r["height"]) for r in outcome.results] == [im.size for im in images]
