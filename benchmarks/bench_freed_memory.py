@@ -65,7 +65,7 @@ def worker(name: str, keep: bool, requests: int, checkpoint: Path) -> dict[str, 
     photos = [Image.open(p).convert("RGB") for p in harness.PHOTOS]
 
     async def run() -> list[float]:
-        await pool.infer(model_type, variant, [photos[0]], options)  # warm-up (loaded below)
+        await pool.infer(model_type, variant, [photos[0]], options)  # warm-up (pool.load ran first)
         seconds = []
         for i in range(requests):
             started = time.perf_counter()
