@@ -119,12 +119,14 @@ def _da3_core(path: Path, request: LoadRequest, network: DepthNetwork) -> Any:
     import torch
 
     from engines.families.depth_anything.da3 import REF_VIEW_STRATEGIES, SceneGraph, load_da3
-    from engines.torch_runtime import DTYPES, TorchCore
+    from engines.torch_runtime import DTYPES, TorchCore, use_channels_last
 
     model, _ = load_da3(
         path, device=request.device, dtype=DTYPES[request.dtype], token=request.hf_token
     )
     model.sky_rule = False  # applied in post-processing, for both runtimes
+    if request.device == "cpu":  # the DPT heads' convolutions in oneDNN's own layout
+        use_channels_last(model)
     names = network.outputs
 
     def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -170,11 +172,15 @@ def _v2_core(path: Path, request: LoadRequest) -> Any:
     import torch
     from transformers import DepthAnythingForDepthEstimation
 
-    from engines.torch_runtime import DTYPES, TorchCore
+    from engines.attention import use_blocked_attention
+    from engines.torch_runtime import DTYPES, TorchCore, use_channels_last
 
     model = DepthAnythingForDepthEstimation.from_pretrained(path, dtype=DTYPES[request.dtype])
     # transformers types ``to`` through a decorator that mypy reads as an unbound function.
     model = model.to(request.device).eval()  # type: ignore[arg-type]
+    use_blocked_attention(model)  # bf16 on CPU: the backbone's attention in query blocks
+    if request.device == "cpu":  # the DPT neck's convolutions and upsampling in NHWC
+        use_channels_last(model)
 
     def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"depth": v2_forward(model, pixel_values)}

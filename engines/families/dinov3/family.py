@@ -52,6 +52,7 @@ class Dinov3Family(Family):
         import torch
         from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
+        from engines.attention import use_blocked_attention
         from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
         path = torch_checkpoint(request, ["*.json", "*.safetensors"])
@@ -64,6 +65,7 @@ class Dinov3Family(Family):
         model = cls.from_pretrained(path, **kwargs)
         # transformers wraps ``to`` with functools.wraps, which mypy reads as unbound.
         model = model.to(request.device).eval()  # type: ignore[arg-type]
+        use_blocked_attention(model)  # bf16 on CPU: the attention in query blocks
 
         def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
             out = model(pixel_values=pixel_values)

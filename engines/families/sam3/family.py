@@ -86,12 +86,14 @@ class Sam3Family(Family):
         """Load ``Sam3Model`` and the checkpoint's tokenizer; split into three graphs."""
         from transformers import AutoTokenizer, Sam3Model
 
+        from engines.attention import use_blocked_attention
         from engines.families.sam3.graphs import torch_graphs
         from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
         path = torch_checkpoint(request, ["*.json", "*.safetensors", "*.txt"])
         model: Any = Sam3Model.from_pretrained(path, dtype=DTYPES[request.dtype])
         model = model.to(request.device).eval()
+        use_blocked_attention(model)  # bf16 on CPU: unmasked attention in query blocks
         config = model.config  # the detector's config, also when the file is a video config
         levels = len(config.vision_config.scale_factors) - 1
         tokenizer = PromptTokenizer(
