@@ -40,7 +40,7 @@ def image_to_chw_float(image: Image.Image, rescale_factor: float | None = 1 / 25
     together (0.4 ms for 512², against 2-4 ms for a float copy rescaled through a strided view
     and made contiguous afterwards).
     """
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     out = np.empty((3, *rgb.shape[:2]), np.float32)
     channels_first = rgb.transpose(2, 0, 1)
     if rescale_factor is None:

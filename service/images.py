@@ -171,7 +171,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
         image = Image.fromarray(scaled.astype(np.uint8))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _b64decode(index: int, text: str) -> bytes:
@@ -182,6 +182,10 @@ def _b64decode(index: int, text: str) -> bytes:
         raise InvalidInputError(
             f"images[{index}]: only base64 data URIs are accepted (data:image/...;base64,...)."
         )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # line breaks or spaces (wrapped base64) are allowed: strip them, try again
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
