@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engines.images import image_to_chw_float
+
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # What the released Depth-Anything-V2-*-hf checkpoints' preprocessor_config.json says.
 RELEASED_PREPROCESSING: dict[str, Any] = {
@@ -112,12 +114,12 @@ class DptPreprocessing:
         size = self.output_size(image.width, image.height)
         if size != image.size:
             image = image.resize(size, _PIL_FILTERS.get(self.resample, Image.Resampling.BICUBIC))
-        pixels: np.ndarray = np.asarray(image, dtype=np.float32)
-        if self.rescale_factor is not None:
-            pixels = pixels * np.float32(self.rescale_factor)
+        # The same float32 operations in the same order, channel-first from the first pass on.
+        pixels = image_to_chw_float(image, self.rescale_factor)
         if self.mean is not None and self.std is not None:
-            pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+            pixels -= np.asarray(self.mean, np.float32)[:, None, None]
+            pixels /= np.asarray(self.std, np.float32)[:, None, None]
+        return pixels
 
 
 def load_dpt_preprocessing(path: Path) -> DptPreprocessing:
