@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import numpy as np
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -14,6 +15,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from engines.registry import FamilyRegistry
 from service import __version__
+from service.arrays import encode_json
 from service.endpoints import discover_endpoints
 from service.errors import EXCEPTION_HANDLERS
 from service.inference import InferenceService
@@ -99,6 +101,8 @@ def create_app(
         ],
         middleware=[request_id_middleware, lifecycle.middleware, observed.middleware],
         logging_config=None,  # configure_logging's format (with the request id) stays
+        # Depth maps and patch features leave the pipelines as numpy arrays (service/arrays.py).
+        type_encoders={np.ndarray: encode_json},
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "pool": Provide(lambda: pool, use_cache=True, sync_to_thread=False),

@@ -10,11 +10,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import msgspec
 from PIL import Image
 
 from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from engines.pool import ModelPool, ResolvedModel
+from service.arrays import convert
 from service.images import DecodedImage, ImageDecoder
 from service.schemas.common import Endpoint, ImageInput, InferenceRequest, InferenceResponse
 
@@ -150,4 +150,4 @@ class InferenceService:
             device=outcome.model.device,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
         )
-        return msgspec.convert(body, endpoint.response)
+        return convert(body, endpoint.response)  # numpy arrays stay arrays (service/arrays.py)

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import numpy as np
 
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, BaseException):
         return {"exception": type(obj).__name__, "message": str(obj)}
+    if isinstance(obj, np.ndarray):  # a depth map or patch features of a result
+        return obj.tolist()
     raise NotImplementedError(f"cannot serialise {type(obj).__name__} onto the job queue")
 
 

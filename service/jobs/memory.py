@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from engines.errors import UnavailableError
+from service.arrays import to_builtin
 from service.images import DecodedImage
 from service.inference import InferenceService
 from service.jobs.base import QUEUE_FULL_RETRY_AFTER_S, JobBackend, unknown_job
@@ -246,7 +247,11 @@ class MemoryJobBackend(JobBackend):
                 f"({self.settings.job_timeout_s:g} s) and was stopped.",
             )
             return
-        result = msgspec.to_builtins(outcome.response) if outcome.response is not None else None
+        result = (
+            msgspec.to_builtins(outcome.response, enc_hook=to_builtin)
+            if outcome.response is not None
+            else None
+        )
         self._finish(record, result, outcome.error)
 
     def _finish(self, record: _Record, result: dict | None, error: str | None) -> None:

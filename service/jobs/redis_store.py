@@ -40,6 +40,7 @@ from arq.constants import (
 from arq.jobs import deserialize_result, serialize_job
 from redis.asyncio import Redis
 
+from service.arrays import to_builtin
 from service.jobs import codec
 from service.jobs.execution import JobOutcome
 from service.schemas.jobs import FINAL_STATUSES, Job
@@ -266,7 +267,11 @@ class RedisJobStore:
     ) -> None:
         """Record the end of a job (once), kept for the retention time after it finished."""
         finished_ms = finished_ms or now_ms()
-        result = b"" if outcome.response is None else msgspec.msgpack.encode(outcome.response)
+        result = (
+            b""
+            if outcome.response is None
+            else msgspec.msgpack.encode(outcome.response, enc_hook=to_builtin)
+        )
         keep_ms = max(1, self.retention_ms - (now_ms() - finished_ms))
         status = "completed" if outcome.error is None else "failed"
         await self._finish(

@@ -181,7 +181,7 @@ class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
         low, high = float(resized.min()), float(resized.max())
         result["min"], result["max"] = low, high
         result["depth"] = (
-            depth_to_png(resized, low, high) if options.output_format == "png" else resized.tolist()
+            depth_to_png(resized, low, high) if options.output_format == "png" else resized
         )
         if requested(options):
             panel = depth_panel(

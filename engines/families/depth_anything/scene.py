@@ -248,7 +248,7 @@ def _encoded(prefix: str, values: np.ndarray, output_format: str) -> dict[str, A
     """``{prefix}min``, ``{prefix}max`` and the map (``depth`` for no prefix) as asked."""
     low, high = float(values.min()), float(values.max())
     key = f"{prefix.rstrip('_')}" if prefix else "depth"
-    encoded = depth_to_png(values, low, high) if output_format == "png" else values.tolist()
+    encoded = depth_to_png(values, low, high) if output_format == "png" else values
     return {f"{prefix}min": low, f"{prefix}max": high, key: encoded}
 
 

@@ -143,7 +143,11 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
             "embedding": None if embedding is None else embedding.astype(np.float32).tolist(),
             "patch_features": None
             if patches is None
-            else {"grid": list(raw["grid"]), "dim": dim, "data": patches.tolist()},
+            else {
+                "grid": list(raw["grid"]),
+                "dim": dim,
+                "data": np.ascontiguousarray(patches, np.float32),
+            },
         }
         if requested(options):
             panel = features_panel(prepared.extra["image"], raw["visualized"], raw["grid"])
