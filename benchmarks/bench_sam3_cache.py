@@ -18,7 +18,6 @@ an untimed pass on another image runs first, so lazy kernel set-up is not counte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,7 @@ def build_pipeline(threads: int, device: str, dtype: str) -> tuple[Any, int]:
     import torch
     from transformers import Sam3Config, Sam3Model
 
+    from engines.attention import use_blocked_attention
     from engines.base import LoadRequest, VariantSpec
     from engines.families.sam3.family import cache_budget_bytes
     from engines.families.sam3.graphs import torch_graphs
@@ -73,6 +74,7 @@ def build_pipeline(threads: int, device: str, dtype: str) -> tuple[Any, int]:
     config = Sam3Config()
     with torch.device(device):  # initialise the weights where they will run
         model = Sam3Model(config).to(DTYPES[dtype]).eval()
+    use_blocked_attention(model)  # as the family's load_torch does (bf16 on CPU)
     params = sum(p.numel() for p in model.parameters())
     levels = len(config.vision_config.scale_factors) - 1
     core = TorchCore(model, torch_graphs(model, levels), device, dtype)
@@ -181,7 +183,7 @@ def main() -> None:
             "by_hash": sum(r["graph_calls"].get("vision", 0) for r in by_hash),
             "by_image_id": sum(r["graph_calls"].get("vision", 0) for r in by_id),
         },
-        "cache": dataclasses.asdict(stats),
+        "cache": msgspec.structs.asdict(stats),
         "embedding_mib": stats.bytes / max(stats.entries, 1) / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
