@@ -116,12 +116,18 @@ def test_masked_or_float32_calls_are_sdpa_bit_for_bit() -> None:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     module = torch.nn.Module()
+    module.is_causal = False  # as transformers' vision attention layers declare
     q, k, v = qkv((1, 2, 40, 8), dtype=torch.bfloat16)
     mask = torch.ones(1, 1, 40, 40, dtype=torch.bool).tril()
-    for args in ((q, k, v, mask), (q.float(), k.float(), v.float(), None)):
+    causal = torch.nn.Module()  # no is_causal: SDPA's function treats it as causal
+    for owner, args in (
+        (module, (q, k, v, mask)),
+        (module, (q.float(), k.float(), v.float(), None)),
+        (causal, (q, k, v, None)),
+    ):
         with blocked_calls() as calls:
-            ours, _ = attention._transformers_attention(module, *args, scaling=0.25)
-        expected, _ = sdpa_attention_forward(module, *args, scaling=0.25)
+            ours, _ = attention._transformers_attention(owner, *args, scaling=0.25)
+        expected, _ = sdpa_attention_forward(owner, *args, scaling=0.25)
         assert calls == []
         assert torch.equal(ours, expected)
     with blocked_calls() as calls:
