@@ -100,6 +100,21 @@ def attention(
     return F.scaled_dot_product_attention(query, key, value, scale=scale)
 
 
+def attention_heads_last(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """:func:`attention` of (B, heads, N, dim) tensors, answered as (B, N, heads, dim).
+
+    The layout the output projection reads; the blocks write it directly (no transpose copy).
+    """
+    if takes_blocks(query, key, value):
+        batch, heads, queries, _ = query.shape
+        out = query.new_empty((batch, queries, heads, value.shape[-1]))
+        blocked_attention(query, key, value, scale, out=out.transpose(1, 2))
+        return out
+    return F.scaled_dot_product_attention(query, key, value, scale=scale).transpose(1, 2)
+
+
 def _transformers_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -129,10 +144,7 @@ def _transformers_attention(
         and query.shape[1] == key.shape[1]
     )
     if plain and takes_blocks(query, key, value):
-        batch, heads, queries, _ = query.shape
-        out = query.new_empty((batch, queries, heads, value.shape[-1]))
-        blocked_attention(query, key, value, scaling, out=out.transpose(1, 2))
-        return out, None
+        return attention_heads_last(query, key, value, scaling), None
     return sdpa_attention_forward(
         module,
         query,

@@ -53,6 +53,7 @@ class Dinov3Family(Family):
         from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
         from engines.attention import use_blocked_attention
+        from engines.families.dinov3.attention import use_packed_attention
         from engines.torch_runtime import DTYPES, TorchCore, torch_checkpoint
 
         path = torch_checkpoint(request, ["*.json", "*.safetensors"])
@@ -66,6 +67,7 @@ class Dinov3Family(Family):
         # transformers wraps ``to`` with functools.wraps, which mypy reads as unbound.
         model = model.to(request.device).eval()  # type: ignore[arg-type]
         use_blocked_attention(model)  # bf16 on CPU: the attention in query blocks
+        use_packed_attention(model)  # one q/k/v projection, RoPE in one pass (ViT only)
 
         def run_model(pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
             out = model(pixel_values=pixel_values)
