@@ -112,3 +112,15 @@ def test_the_served_vit_is_packed(checkpoint: Path) -> None:
     with torch.inference_mode():
         expected = reference(pixel_values=x).pooler_output.numpy()
     np.testing.assert_array_equal(served["pooler_output"], expected)
+
+
+def test_moving_the_model_after_packing_falls_back_to_its_own_code(checkpoint: Path) -> None:
+    reference = DINOv3ViTModel.from_pretrained(checkpoint).eval().double()
+    packed = DINOv3ViTModel.from_pretrained(checkpoint).eval()
+    use_packed_attention(packed)
+    packed = packed.double()  # new tensors for every parameter: the pack no longer matches
+    with torch.inference_mode():
+        x = pixels().double()
+        assert torch.equal(
+            packed(pixel_values=x).last_hidden_state, reference(pixel_values=x).last_hidden_state
+        )

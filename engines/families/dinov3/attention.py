@@ -39,8 +39,11 @@ def packed_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``DINOv3ViTAttention.forward`` through the packed projection (see the module docstring)."""
+    weight, bias = self.packed_qkv
     if (
         torch.jit.is_tracing()
+        # ``to`` / ``half`` after packing gave the projections new tensors: the pack is stale
+        or weight.data_ptr() != self.q_proj.weight.data_ptr()
         or attention_mask is not None
         or position_embeddings is None
         or self.training
@@ -50,7 +53,6 @@ def packed_attention_forward(
         return own(self, hidden_states, attention_mask, position_embeddings, **kwargs)
     batch, tokens, _ = hidden_states.shape
     heads, dim = self.num_heads, self.head_dim
-    weight, bias = self.packed_qkv
     qkv = F.linear(hidden_states, weight, bias).view(batch, tokens, 3, heads, dim)
     qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, tokens, dim)
     cos, sin = position_embeddings
@@ -87,8 +89,9 @@ def pack_projections(attention: Any) -> None:
 def use_packed_attention(model: nn.Module) -> int:
     """Serve every ``DINOv3ViTAttention`` of this model instance through the packed forward.
 
-    Call it after the model is on its device and in its dtype (``to`` would copy the views
-    apart). Returns how many attention layers were switched.
+    Call it after the model is on its device and in its dtype: ``to`` copies the views apart,
+    and a layer whose pack is stale runs the class's own forward again. Returns how many
+    attention layers were switched.
     """
     switched = 0
     for module in model.modules():
