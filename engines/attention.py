@@ -35,7 +35,7 @@ BLOCK_ROWS = 128
 
 
 def takes_blocks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether :func:`attention` runs the blocks for these tensors (see the module docstring)."""
+    """Whether :func:`attention_heads_last` runs the blocks for these tensors (module docstring)."""
     return (
         query.device.type == "cpu"
         and query.dtype == torch.bfloat16
@@ -91,21 +91,13 @@ def blocked_attention(
     return out
 
 
-def attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
-) -> torch.Tensor:
-    """Unmasked self-attention: the blocks where they are the measured path, SDPA elsewhere."""
-    if takes_blocks(query, key, value):
-        return blocked_attention(query, key, value, scale)
-    return F.scaled_dot_product_attention(query, key, value, scale=scale)
-
-
 def attention_heads_last(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """:func:`attention` of (B, heads, N, dim) tensors, answered as (B, N, heads, dim).
+    """Unmasked attention of (B, heads, N, dim) tensors, answered as (B, N, heads, dim).
 
-    The layout the output projection reads; the blocks write it directly (no transpose copy).
+    The blocks where they are the measured path, SDPA elsewhere. (B, N, heads, dim) is the
+    layout the output projection reads; the blocks write it directly (no transpose copy).
     """
     if takes_blocks(query, key, value):
         batch, heads, queries, _ = query.shape
@@ -159,7 +151,7 @@ def _transformers_attention(
 
 
 def use_blocked_attention(model: torch.nn.Module) -> int:
-    """Route every SDPA attention layer of a transformers ``model`` through :func:`attention`.
+    """Route every SDPA attention layer of a transformers ``model`` through the bf16 blocks.
 
     The kernel is registered in transformers' attention and mask registries once; each
     configuration in the model (the model's and its sub-models', e.g. a backbone) that names

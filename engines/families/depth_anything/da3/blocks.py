@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines.attention import attention
+from engines.attention import attention_heads_last
 
 # (cos, sin), each [tokens, head_dim]: the rotation one block applies to queries and keys.
 RopeTable = tuple[Tensor, Tensor]
@@ -121,8 +121,8 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = attention(q, k, v)  # bf16 on CPU: query blocks, SDPA elsewhere
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        out = attention_heads_last(q, k, v)  # bf16 on CPU: query blocks, SDPA elsewhere
+        return self.proj(out.reshape(batch, tokens, dim))
 
 
 class Block(nn.Module):
