@@ -11,15 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import numpy as np
+
+from service.arrays import to_builtin
 
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, BaseException):
         return {"exception": type(obj).__name__, "message": str(obj)}
-    if isinstance(obj, np.ndarray):  # a depth map or patch features of a result
-        return obj.tolist()
-    raise NotImplementedError(f"cannot serialise {type(obj).__name__} onto the job queue")
+    try:
+        return to_builtin(obj)  # a result's arrays (a depth map, patch features)
+    except NotImplementedError:
+        raise NotImplementedError(
+            f"cannot serialise {type(obj).__name__} onto the job queue"
+        ) from None
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
