@@ -23,7 +23,6 @@ from engines.families.dinov3.options import Dinov3Options
 from engines.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    image_to_chw_float,
     released_preprocessing,
     resize_normalize,
 )
@@ -72,10 +71,9 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pre-process an RGB image into a (3, H, W) float32 array."""
-        pixels = image_to_chw_float(image, self.rescale_factor)
         size = self.output_size(image.width, image.height)
         mode = "bicubic" if self.resample == 3 else "bilinear"
-        return resize_normalize(pixels, size, mode, self.mean, self.std)
+        return resize_normalize(image, size, mode, self.rescale_factor, self.mean, self.std)
 
 
 class Dinov3Pipeline(Pipeline[Dinov3Options]):

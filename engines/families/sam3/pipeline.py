@@ -35,7 +35,7 @@ from engines.cache import LruCache
 from engines.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from engines.families.sam3.embeddings import Embedding, image_id, owned
 from engines.families.sam3.options import Sam3EmbedOptions, Sam3Options
-from engines.images import image_to_chw_float, released_preprocessing, resize_normalize
+from engines.images import released_preprocessing, resize_normalize
 from engines.masks import encode_mask
 from engines.visualize import MaskOverlay, encode_png, requested
 
@@ -91,9 +91,8 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pre-process an RGB image into a (3, H, W) float32 array."""
-        pixels = image_to_chw_float(image, self.rescale_factor)
         mode = "bicubic" if self.resample == 3 else "bilinear"
-        return resize_normalize(pixels, self.size, mode, self.mean, self.std)
+        return resize_normalize(image, self.size, mode, self.rescale_factor, self.mean, self.std)
 
 
 @dataclass(frozen=True)
