@@ -27,7 +27,7 @@ import msgspec
 from PIL import Image
 
 from engines.base import CacheStats, Family, ImageHandle, Pipeline, Prepared, VariantSpec
-from engines.batching import Batcher, BatchLimits, Forward
+from engines.batching import Batcher, BatchLimits, Forward, gather_list
 from engines.budget import Resident, plan_room
 from engines.checkpoints import weights_mb
 from engines.devices import resolve_device
@@ -603,22 +603,18 @@ class ModelPool:
     ) -> InferenceOutcome:
         pipeline = model.pipeline
         started = time.perf_counter()
-        prepared = list(
-            await asyncio.gather(
-                *(self._guarded(model, self._cpu, pipeline.prepare, im, options) for im in images)
-            )
+        prepared = await gather_list(
+            [self._guarded(model, self._cpu, pipeline.prepare, im, options) for im in images]
         )
         t_pre = time.perf_counter()
         assert model.batcher is not None
         raw = await model.batcher.submit(prepared, options)
         t_inf = time.perf_counter()
-        results = list(
-            await asyncio.gather(
-                *(
-                    self._guarded(model, self._cpu, pipeline.postprocess, r, p, options)
-                    for r, p in zip(raw, prepared, strict=True)
-                )
-            )
+        results = await gather_list(
+            [
+                self._guarded(model, self._cpu, pipeline.postprocess, r, p, options)
+                for r, p in zip(raw, prepared, strict=True)
+            ]
         )
         t_post = time.perf_counter()
         self._used(model)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from engines.batching import options_key
+from engines.batching import gather_list, options_key
 from engines.errors import InferenceError
 from engines.pool import ModelPool, PoolConfig
 from tests.fakes import POISON_WIDTH, GateFamily, GateOptions, gate_registry
@@ -153,3 +153,19 @@ async def test_limits_come_from_the_model_then_the_runtime_then_the_family() -> 
     pool = ModelPool(gate_registry(family), config)
     assert pool.batch_limits(family, "cpu").max_batch_size == 2
     await pool.close()
+
+
+async def test_gather_list_awaits_a_single_awaitable_in_place() -> None:
+    async def running_task() -> asyncio.Task | None:
+        return asyncio.current_task()
+
+    here = asyncio.current_task()
+    assert await gather_list([running_task()]) == [here]  # no task of its own: no loop turn
+    two = await gather_list([running_task(), running_task()])
+    assert here not in two and len(set(two)) == 2  # several: gathered, in order
+
+    async def fails() -> None:
+        raise ValueError("one image")
+
+    with pytest.raises(ValueError, match="one image"):
+        await gather_list([fails()])
