@@ -123,6 +123,11 @@ class Batcher:
             self._task = asyncio.create_task(self._loop(), name="batcher")
         return await gather_list([item.future for item in items])
 
+    @property
+    def pending(self) -> int:
+        """Images queued for a forward that has not started."""
+        return len(self._queue)
+
     async def close(self) -> None:
         """Stop the batching task (the pool has waited for in-flight requests first)."""
         if self._task is not None and self._loop_of_task is asyncio.get_running_loop():

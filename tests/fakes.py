@@ -48,7 +48,10 @@ class GateCore:
 
 class GatePipeline(Pipeline[Any]):
     def prepare(self, image: Image.Image, options: Any) -> Prepared:
-        return Prepared({"x": np.asarray(image, np.float32)}, image.width, image.height)
+        thread = threading.current_thread().name  # which executor prepared it
+        return Prepared(
+            {"x": np.asarray(image, np.float32)}, image.width, image.height, {"on": thread}
+        )
 
     def forward(self, batch: Sequence[Prepared], options: Any) -> list[Any]:
         if any(p.width == POISON_WIDTH for p in batch):
@@ -57,7 +60,7 @@ class GatePipeline(Pipeline[Any]):
         return [{"sum": float(s), "batch": len(batch)} for s in out["sum"]]
 
     def postprocess(self, raw: Any, prepared: Prepared, options: Any) -> dict[str, Any]:
-        return {**raw, "width": prepared.width}
+        return {**raw, "width": prepared.width, "prepared_on": prepared.extra["on"]}
 
 
 class GateOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

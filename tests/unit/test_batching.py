@@ -169,3 +169,22 @@ async def test_gather_list_awaits_a_single_awaitable_in_place() -> None:
 
     with pytest.raises(ValueError, match="one image"):
         await gather_list([fails()])
+
+
+async def test_an_idle_torch_model_prepares_on_the_compute_thread() -> None:
+    """At concurrency 1 the compute thread's team resizes; under load the helpers do."""
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    alone = await pool.infer("gate", None, [image(1)], None)
+    assert alone.results[0]["prepared_on"].startswith("compute")
+    first = await blocked_first(pool, family)
+    queued = asyncio.create_task(pool.infer("gate", None, [image(2)], None))
+    await asyncio.sleep(0.1)
+    family.gate.set()
+    assert (await first).results[0]["prepared_on"].startswith("compute")
+    assert (await queued).results[0]["prepared_on"].startswith("cpu")  # a forward was running
+    for model in pool.loaded():
+        model.engine = "onnx"
+    onnx = await pool.infer("gate", None, [image(3)], None)
+    assert onnx.results[0]["prepared_on"].startswith("cpu")  # its forward has its own threads
+    await pool.close()
