@@ -144,3 +144,13 @@ def test_provider_settings_and_cpu_devices_narrow_the_choice(tmp_path: Path) -> 
         OrtOptions(device="cpu", providers=("tensorrt",), trt_cache_dir=tmp_path)
     ) == ["CPUExecutionProvider"]
     assert not any(tmp_path.iterdir())  # no TensorRT cache made when TensorRT is not used
+
+
+def test_intra_op_threads_stop_spinning_when_a_run_returns(tmp_path: Path) -> None:
+    """So they leave the cores to the next request's decoding and pre-processing."""
+    core = OrtCore(tmp_path, _scale_graph(tmp_path), OrtOptions(providers=("cpu",)))
+    options = core.sessions["scale"].get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    (y,) = core.run("scale", {"x": np.ones(4, np.float32)}).values()
+    np.testing.assert_array_equal(y, np.full(4, 0.5, np.float32))
+    core.close()
