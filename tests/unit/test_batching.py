@@ -183,6 +183,8 @@ async def test_an_idle_torch_model_prepares_on_the_compute_thread() -> None:
     family.gate.set()
     assert (await first).results[0]["prepared_on"].startswith("compute")
     assert (await queued).results[0]["prepared_on"].startswith("cpu")  # a forward was running
+    two = await pool.infer("gate", None, [image(3), image(4)], None)  # side by side
+    assert all(r["prepared_on"].startswith("cpu") for r in two.results)
     for model in pool.loaded():
         model.engine = "onnx"
     onnx = await pool.infer("gate", None, [image(3)], None)
