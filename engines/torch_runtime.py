@@ -12,6 +12,7 @@ import torch
 
 from engines.base import LoadRequest, to_host
 from engines.checkpoints import resolve_checkpoint
+from engines.linear import packed_bytes, use_packed_linears
 
 DTYPES = {
     "float32": torch.float32,
@@ -62,6 +63,8 @@ class TorchCore:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.float32_inputs = frozenset(float32_inputs)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            use_packed_linears(self.module)  # bf16 weights prepacked for oneDNN, once
 
     def run(
         self, graph: str, inputs: Mapping[str, np.ndarray | torch.Tensor], *, host: bool = True
@@ -95,9 +98,9 @@ class TorchCore:
         return tensor.to(self.device, non_blocking=True)
 
     def memory_bytes(self) -> int:
-        """Bytes of parameters and buffers."""
+        """Bytes of parameters, buffers and prepacked weights."""
         tensors = list(self.module.parameters()) + list(self.module.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + packed_bytes(self.module)
 
     def close(self) -> None:
         """Drop the module and return cached GPU memory."""
