@@ -111,16 +111,19 @@ def use_packed_linears(module: nn.Module) -> int:
     if not packing_supported():
         return 0
     packed = 0
-    shared: dict[int, torch.Tensor] = {}  # tied weights (GroundingDINO's box heads): packed once
+    # Tied weights (GroundingDINO's box heads) are packed once; the dense tensor is kept here
+    # until the end, so that its id names it alone.
+    shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer in module.modules():
         if not can_pack(layer):
             continue
         assert isinstance(layer, nn.Linear)
         weight = layer.weight
         if id(weight) not in shared:
-            shared[id(weight)] = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            shared[id(weight)] = (weight, packed_weight)
         del layer.weight  # the parameter goes: the packed copy is the only one
         layer.__class__ = PackedLinear
-        layer.packed_weight = shared[id(weight)]
+        layer.packed_weight = shared[id(weight)][1]
         packed += 1
     return packed
