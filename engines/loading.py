@@ -99,6 +99,15 @@ class ModelLoader:
             raise NotFoundError(f"Unknown engine {engine!r}: use auto, onnx or torch.")
         label = f"{family.name}/{spec.name}"
         dtype = resolve_dtype(self.config.dtype, device)
+        forced_reason = None
+        if dtype == "bfloat16" and device == "cpu" and not family.precision_gates:
+            # A family without a bf16 check runs float32 on CPU even when bf16 is configured:
+            # GroundingDINO's bf16 logits are NaN on CPU in transformers' own model.
+            dtype = "float32"
+            forced_reason = (
+                f"float32: bfloat16 configured, but {family.name} has no bf16 check on CPU "
+                "(its bf16 results there are not trusted)"
+            )
         request = LoadRequest(
             spec,
             device,
@@ -117,7 +126,7 @@ class ModelLoader:
                 )
             if pipeline is None:
                 pipeline = family.load_torch(request)
-                dtype_reason = torch_dtype_reason(self.config.dtype, dtype, device)
+                dtype_reason = forced_reason or torch_dtype_reason(self.config.dtype, dtype, device)
         engine_used = pipeline.core.engine
         check_bf16 = False
         if engine_used == "torch" and self.config.dtype == "auto" and device == "cpu":

@@ -284,3 +284,29 @@ def test_cpu_bf16_check_keeps_float32(checkpoint: Path) -> None:
         assert model.dtype_reason == "float32: auto on CPU (this family has no bf16 check)"
     finally:
         asyncio.run(pool.close())
+
+
+def test_configured_bf16_on_cpu_still_runs_float32(checkpoint: Path) -> None:
+    """transformers' own bf16 GroundingDINO gives NaN logits on CPU: float32, and why."""
+    import asyncio
+
+    from engines.families.grounding_dino.options import GroundingDinoOptions
+
+    spec = VariantSpec("tiny", str(checkpoint))
+    config = PoolConfig(
+        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})}, dtype="bfloat16"
+    )
+    pool = ModelPool(default_registry(), config)
+    try:
+        model = asyncio.run(pool.load("grounding-dino"))
+        assert model.dtype == "float32"
+        assert model.dtype_reason == (
+            "float32: bfloat16 configured, but grounding-dino has no bf16 check on CPU "
+            "(its bf16 results there are not trusted)"
+        )
+        image = Image.open(ASSETS / "chelsea.jpg").convert("RGB")
+        options = GroundingDinoOptions(prompts=["cat"])
+        raw = model.pipeline.forward([model.pipeline.prepare(image, options)], options)[0]
+        assert np.isfinite(raw["logits"]).all()
+    finally:
+        asyncio.run(pool.close())
