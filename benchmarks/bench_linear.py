@@ -8,8 +8,8 @@ What ``engines/linear.py`` changes, in one process, on a CPU where oneDNN runs b
   difference between their outputs;
 - ``forward``: the served bf16 models (full-size architectures, random weights: the compute is
   the real one) loaded twice through their family, one of them unpacked back to plain layers:
-  DINOv3 ViT-S/16 at batch 1 and 8, DA-V2-small on a 518² input; and whether their outputs are
-  equal.
+  DINOv3 ViT-S/16 at batch 1 and 8, DA-V2-small on a 518² input, and with ``--sam3`` SAM3's
+  vision encoder (its ``vision`` graph) on a 1008² input; and whether their outputs are equal.
 
 Both sides run interleaved (A B B A ...), so a drifting machine slows both alike.
 
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per side")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoints", type=Path, default=checkpoints.DEFAULT_OUT)
+    parser.add_argument("--sam3", action="store_true", help="also SAM3's vision encoder (slow)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -110,34 +111,37 @@ def main() -> None:
                 f"max difference {row['max_abs_difference']:g}"
             )
 
-    models = [
-        ("DINOv3 ViT-S/16, batch 1", Dinov3Family(), "dinov3", (1, 3, 224, 224)),
-        ("DINOv3 ViT-S/16, batch 8", Dinov3Family(), "dinov3", (8, 3, 224, 224)),
-        ("DA-V2-small 518²", DepthAnythingFamily(), "depth-anything-v2", (1, 3, 518, 518)),
+    models: list[tuple[str, Any, str, tuple[int, ...], str]] = [
+        ("DINOv3 ViT-S/16, batch 1", Dinov3Family(), "dinov3", (1, 3, 224, 224), "model"),
+        ("DINOv3 ViT-S/16, batch 8", Dinov3Family(), "dinov3", (8, 3, 224, 224), "model"),
+        ("DA-V2-small 518²", DepthAnythingFamily(), "depth-anything-v2", (1, 3, 518, 518), "model"),
     ]
-    for what, family, name, shape in models:
+    if args.sam3:
+        from engines.families.sam3.family import Sam3Family
+
+        models.append(
+            ("SAM3 vision encoder 1008²", Sam3Family(), "sam3", (1, 3, 1008, 1008), "vision")
+        )
+    for what, family, name, shape, graph in models:
         path = checkpoints.ensure(args.checkpoints, name)
         request = LoadRequest(VariantSpec("bench", str(path)), "cpu", "bfloat16", args.threads)
         cores = {
             "packed": family.load_torch(request).core,
             "dense": family.load_torch(request).core,
         }
-        for layer in list(cores["dense"].module.modules()):  # type: ignore[attr-defined]
+        for layer in list(cores["dense"].module.modules()):
             if isinstance(layer, PackedLinear):
                 layer.unpack()
-        packed_layers = sum(
-            isinstance(m, PackedLinear)
-            for m in cores["packed"].module.modules()  # type: ignore[attr-defined]
-        )
+        packed_layers = sum(isinstance(m, PackedLinear) for m in cores["packed"].module.modules())
         pixels = np.random.default_rng(0).random(shape, dtype=np.float32)
         outputs = {}
         forward_runs: dict[str, Callable[[], Any]] = {
             side: functools.partial(
-                _store, outputs, side, core.run, "model", {"pixel_values": pixels}
+                _store, outputs, side, core.run, graph, {"pixel_values": pixels}
             )
             for side, core in cores.items()
         }
-        seconds = interleaved(forward_runs, args.repeats)
+        seconds = interleaved(forward_runs, args.repeats if graph == "model" else 2)
         times = {s: median(t) for s, t in seconds.items()}
         equal = all(
             np.array_equal(outputs["dense"][k], outputs["packed"][k]) for k in outputs["dense"]
