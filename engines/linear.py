@@ -4,7 +4,7 @@ A bf16 ``F.linear`` on CPU reaches oneDNN's matrix multiply, which reorders the 
 blocked layout at every call. ``torch.ops.mkldnn._reorder_linear_weight`` does that once and
 ``_linear_pointwise`` multiplies with the result: the same kernel on the same blocks, so the
 same values bit for bit, without the reorder. Measured on a 2-core AVX-512 BF16 CPU
-(``benchmarks/bench_linear.py``): 1.05-1.37x per layer (DA-V2-small's 1370 x 384 -> 1536:
+(``benchmarks/bench_linear.py``): 1.05-1.41x per layer (DA-V2-small's 1370 x 384 -> 1536:
 2.56 -> 1.87 ms; SAM3's 5184 x 1024 -> 1024: 15.5 -> 12.0 ms), whole forwards 1.03-1.10x
 (DA-V2-small at 518²; DINOv3 ViT-S/16 1.05x, whose q/k/v stay dense: they are views of one
 packed projection, :mod:`engines.families.dinov3.attention`).
