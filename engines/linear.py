@@ -2,12 +2,13 @@
 
 A bf16 ``F.linear`` on CPU reaches oneDNN's matrix multiply, which reorders the weight into its
 blocked layout at every call. ``torch.ops.mkldnn._reorder_linear_weight`` does that once and
-``_linear_pointwise`` multiplies with the result: the same kernel on the same blocks, so the
-same values bit for bit, without the reorder. Measured on a 2-core AVX-512 BF16 CPU
-(``benchmarks/bench_linear.py``): 1.05-1.41x per layer (DA-V2-small's 1370 x 384 -> 1536:
-2.56 -> 1.87 ms; SAM3's 5184 x 1024 -> 1024: 15.5 -> 12.0 ms), whole forwards 1.03-1.10x
-(DA-V2-small at 518²; DINOv3 ViT-S/16 1.05x, whose q/k/v stay dense: they are views of one
-packed projection, :mod:`engines.families.dinov3.attention`).
+``_linear_pointwise`` multiplies with the result, without the reorder (the same values bit
+for bit on the machine measured; tests allow bf16's resolution for other CPUs' kernels).
+Measured on a 2-core AVX-512 BF16 CPU (``benchmarks/bench_linear.py``): 1.05-1.41x per layer
+(DA-V2-small's 1370 x 384 -> 1536: 2.56 -> 1.87 ms; SAM3's 5184 x 1024 -> 1024: 15.5 -> 12.0
+ms), whole forwards 1.03-1.10x (DA-V2-small at 518², SAM3's vision encoder 1.06x; DINOv3
+ViT-S/16 ~1.04x, whose q/k/v stay dense: they are views of one packed projection,
+:mod:`engines.families.dinov3.attention`).
 
 The packed weight replaces the dense one (no second copy: a 7B model's linear weights are
 13 GB in bf16): a packed layer keeps it as ``packed_weight`` and gives ``weight`` back as a
