@@ -38,7 +38,6 @@ def can_pack(module: nn.Module) -> bool:
         and weight.device.type == "cpu"
         # A view into a larger tensor (DINOv3's q/k/v share one packed matrix) stays dense.
         and weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
-        and weight.dim() == 2
     )
 
 
