@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,36 +271,30 @@ def test_write_tiny_writes_a_checkpoint_that_runs(tmp_path: Path) -> None:
     assert (result["width"], result["height"]) == (640, 427)
 
 
-def test_cpu_bf16_check_keeps_float32(checkpoint: Path) -> None:
-    """GroundingDINO has no bf16 check: float32 even where bf16 would be tried (family.py)."""
-    import asyncio
-
+@contextlib.contextmanager
+def loaded_in_pool(checkpoint: Path, **settings: Any) -> Iterator[Any]:
+    """The tiny checkpoint loaded by a pool with ``settings``; the pool closed afterwards."""
     spec = VariantSpec("tiny", str(checkpoint))
-    config = PoolConfig(
-        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})}, cpu_bf16="check"
-    )
-    pool = ModelPool(default_registry(), config)
+    variants = {"grounding-dino": VariantTable("tiny", {"tiny": spec})}
+    pool = ModelPool(default_registry(), PoolConfig(variants=variants, **settings))
     try:
-        model = asyncio.run(pool.load("grounding-dino"))
-        assert model.dtype == "float32"
-        assert model.dtype_reason == "float32: auto on CPU (this family has no bf16 check)"
+        yield asyncio.run(pool.load("grounding-dino"))
     finally:
         asyncio.run(pool.close())
 
 
+def test_cpu_bf16_check_keeps_float32(checkpoint: Path) -> None:
+    """GroundingDINO has no bf16 check: float32 even where bf16 would be tried (family.py)."""
+    with loaded_in_pool(checkpoint, cpu_bf16="check") as model:
+        assert model.dtype == "float32"
+        assert model.dtype_reason == "float32: auto on CPU (this family has no bf16 check)"
+
+
 def test_configured_bf16_on_cpu_still_runs_float32(checkpoint: Path) -> None:
     """transformers' own bf16 GroundingDINO gives NaN logits on CPU: float32, and why."""
-    import asyncio
-
     from engines.families.grounding_dino.options import GroundingDinoOptions
 
-    spec = VariantSpec("tiny", str(checkpoint))
-    config = PoolConfig(
-        variants={"grounding-dino": VariantTable("tiny", {"tiny": spec})}, dtype="bfloat16"
-    )
-    pool = ModelPool(default_registry(), config)
-    try:
-        model = asyncio.run(pool.load("grounding-dino"))
+    with loaded_in_pool(checkpoint, dtype="bfloat16") as model:
         assert model.dtype == "float32"
         assert model.dtype_reason == (
             "float32: bfloat16 configured, but grounding-dino has no bf16 check on CPU "
@@ -308,5 +304,3 @@ def test_configured_bf16_on_cpu_still_runs_float32(checkpoint: Path) -> None:
         options = GroundingDinoOptions(prompts=["cat"])
         raw = model.pipeline.forward([model.pipeline.prepare(image, options)], options)[0]
         assert np.isfinite(raw["logits"]).all()
-    finally:
-        asyncio.run(pool.close())
