@@ -10,15 +10,20 @@ to fill (worth it on GPUs, where a larger batch costs little more than a small o
 
 Results go back to each item's request in order. A batched forward that fails is run again
 image by image, so one bad image fails only its own request.
+
+An idle batcher (nothing queued, no forward of its own running) lends its turn to a request
+that runs alone (:meth:`Batcher.alone`: the pool's single-image path, all steps in one job on
+the compute thread); images queued meanwhile wait for the turn and then share a forward.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -98,8 +103,18 @@ class Batcher:
     sizes: Counter[int] = field(default_factory=Counter)
     _queue: deque[_Item] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
     _loop_of_task: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop; a new one (a script's second ``asyncio.run``) starts afresh."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop_of_task:
+            self._queue.clear()
+            self._wakeup, self._turn = asyncio.Event(), asyncio.Lock()
+            self._task, self._loop_of_task = None, loop
+        return loop
 
     async def submit(self, prepared: Sequence[Prepared], options: Any) -> list[Any]:
         """Queue one request's pre-processed images; their raw outputs, in order.
@@ -107,11 +122,7 @@ class Batcher:
         Raises:
             Exception: What the forward raised for one of these images (alone).
         """
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop_of_task:  # first use, or a new event loop (a script's runs)
-            self._queue.clear()
-            self._wakeup = asyncio.Event()
-            self._task, self._loop_of_task = None, loop
+        loop = self._bind()
         key = options_key(options)
         items = [
             _Item(p, options, (p.batch_key, key), loop.create_future(), loop.time())
@@ -127,6 +138,23 @@ class Batcher:
     def pending(self) -> int:
         """Images queued for a forward that has not started."""
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no forward of this batcher's (or one run alone) under way."""
+        return not self._queue and not self._turn.locked()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        """Hold the batcher's turn for one image run outside the queue.
+
+        Counted as a forward of one image; images queued meanwhile wait, then share the next
+        forward.
+        """
+        self._bind()
+        async with self._turn:
+            self.record(1)
+            yield
 
     async def close(self) -> None:
         """Stop the batching task (the pool has waited for in-flight requests first)."""
@@ -155,8 +183,9 @@ class Batcher:
                     pass
                 if loop.time() < self._queue[0].queued_at + self.limits.max_delay_s:
                     continue  # woken by a new item: look again whether the batch is full
-            batch = self._take()
-            await self._run(batch)
+            async with self._turn:  # after any image run alone: what queued meanwhile shares
+                batch = self._take()
+                await self._run(batch)
 
     def _shareable(self, key: Hashable) -> int:
         return sum(1 for item in self._queue if item.key == key)
@@ -174,15 +203,19 @@ class Batcher:
         self._queue = rest
         return [item for item in batch if not item.future.cancelled()]
 
+    def record(self, size: int) -> None:
+        """Count a forward of ``size`` images (also one the pool ran without the queue)."""
+        self.sizes[size] += 1
+        if self.on_batch is not None:
+            try:
+                self.on_batch(size)
+            except Exception:
+                log.exception("the batch observer failed")
+
     async def _run(self, batch: list[_Item]) -> None:
         if not batch:
             return
-        self.sizes[len(batch)] += 1
-        if self.on_batch is not None:
-            try:
-                self.on_batch(len(batch))
-            except Exception:
-                log.exception("the batch observer failed")
+        self.record(len(batch))
         try:
             outputs = await self.run(self.forward, [i.prepared for i in batch], batch[0].options)
         except asyncio.CancelledError:

@@ -42,7 +42,7 @@ from engines.errors import (
 from engines.loading import LoaderConfig, ModelLoader
 from engines.memory import keep_freed_memory, release_freed_memory
 from engines.registry import FamilyRegistry, VariantTable
-from engines.threads import init_compute_thread, init_helper_thread
+from engines.threads import init_compute_thread, init_helper_thread, torch_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -209,7 +209,7 @@ class ModelPool:
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._budget_lock = asyncio.Lock()
-        self._forwards_running = 0  # on the compute executor, for _prepare_on_compute
+        self._forwards_running = 0  # on the compute executor, for _alone
         self._cpu = ThreadPoolExecutor(
             max_workers=self._threads, thread_name_prefix="cpu", initializer=init_helper_thread
         )
@@ -597,22 +597,22 @@ class ModelPool:
             if model.in_flight == 0:
                 model.idle.set()
 
-    def _prepare_on_compute(self, model: LoadedModel, images: int) -> bool:
-        """Whether a request's pre-processing runs on the compute thread instead of a helper.
+    def _alone(self, model: LoadedModel, images: int) -> bool:
+        """Whether a request runs every step in one job on the compute thread.
 
-        Only for a single image, while no forward is running or queued, and only for torch
-        models: their forward and the pre-processing's resizes share the compute thread's
-        OpenMP team, which runs the resize on every core (0.5 ms less for DINOv3 at concurrency
-        1). Under load, and for several images (which the helpers prepare side by side), the
-        helpers prepare while the compute thread runs forwards, as before. An ONNX Runtime
-        forward has a thread pool of its own: torch's team, still spinning after the resize,
-        slowed it (27.7 -> 33.7 ms).
+        A single image while the model's compute thread is idle (no forward running or
+        queued): nothing can share its forward, and each hop between threads costs a wake-up
+        (~0.3 ms on a 2-core VM for a thread that slept through a forward; a request made
+        four). Under load, for several images (which the helpers prepare side by side), and
+        where a batch delay is set (its window is there to gather requests), requests go
+        through the helpers and the batcher.
         """
         return (
             images == 1
-            and model.engine == "torch"
             and self._forwards_running == 0
-            and (model.batcher is None or not model.batcher.pending)
+            and model.batcher is not None
+            and model.batcher.idle
+            and model.batcher.limits.max_delay_s == 0
         )
 
     @staticmethod
@@ -624,11 +624,12 @@ class ModelPool:
     async def _infer_loaded(
         self, model: LoadedModel, images: Sequence[Image.Image | ImageHandle], options: Any
     ) -> InferenceOutcome:
+        if self._alone(model, len(images)):
+            return await self._infer_alone(model, images[0], options)
         pipeline = model.pipeline
         started = time.perf_counter()
-        executor = self._compute if self._prepare_on_compute(model, len(images)) else self._cpu
         prepared = await gather_list(
-            [self._guarded(model, executor, pipeline.prepare, im, options) for im in images]
+            [self._guarded(model, self._cpu, pipeline.prepare, im, options) for im in images]
         )
         t_pre = time.perf_counter()
         assert model.batcher is not None
@@ -649,6 +650,65 @@ class ModelPool:
         }
         return InferenceOutcome(model, results, timings)
 
+    async def _infer_alone(
+        self, model: LoadedModel, image: Image.Image | ImageHandle, options: Any
+    ) -> InferenceOutcome:
+        """One image on an idle model: all its steps in one job on the compute thread.
+
+        It holds the batcher's turn (counted as a forward of one image, like the batcher's):
+        requests that arrive meanwhile queue and share the next forward.
+        """
+        assert model.batcher is not None
+        async with model.batcher.alone():
+            self._forwards_running += 1
+            try:
+                result, timings = await self._guarded(
+                    model, self._compute, self._steps_alone, model, image, options
+                )
+            finally:
+                self._forwards_running -= 1
+        if result is None:  # a request queued meanwhile: post-process on a helper, not here
+            raw, prepared = timings.pop("raw"), timings.pop("prepared")
+            started = time.perf_counter()
+            result = await self._guarded(
+                model, self._cpu, model.pipeline.postprocess, raw, prepared, options
+            )
+            timings["postprocess"] = (time.perf_counter() - started) * 1e3
+        self._used(model)
+        return InferenceOutcome(model, [result], timings)
+
+    @staticmethod
+    def _steps_alone(
+        model: LoadedModel, image: Image.Image | ImageHandle, options: Any
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The steps of :meth:`_infer_alone`, on the compute thread: ``(result, timings)``.
+
+        A torch model's pre- and post-processing use the compute thread's OpenMP team (its
+        resizes run on every core); any other engine's run single-threaded in torch, as on a
+        helper: ONNX Runtime's forward has threads of its own, and torch's team, still spinning
+        after a resize, slowed it (DINOv3: 27.7 -> 33.7 ms). When a request has queued during
+        the forward, the result is None and ``timings`` carries ``raw`` and ``prepared`` for
+        a helper to post-process, so the queued forward does not wait for it.
+        """
+        pipeline = model.pipeline
+        threads = torch_threads(1) if model.engine != "torch" else contextlib.nullcontext()
+        with threads:
+            started = time.perf_counter()
+            prepared = _step(pipeline.prepare, image, options)
+            t_pre = time.perf_counter()
+            raw = _step(pipeline.forward, [prepared], options)[0]
+            t_inf = time.perf_counter()
+            timings: dict[str, Any] = {
+                "preprocess": (t_pre - started) * 1e3,
+                "inference": (t_inf - t_pre) * 1e3,
+            }
+            assert model.batcher is not None
+            if model.batcher.pending:
+                return None, {**timings, "raw": raw, "prepared": prepared}
+            result = _step(pipeline.postprocess, raw, prepared, options)
+        timings["postprocess"] = (time.perf_counter() - t_inf) * 1e3
+        return result, timings
+
     async def _guarded(
         self, model: LoadedModel, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
     ) -> T:
@@ -657,14 +717,19 @@ class ModelPool:
             return await self._run(executor, fn, *args)
         except VisionError:
             raise
-        except Exception as exc:
+        except Exception as failure:
+            step = getattr(fn, "__name__", "a step")
+            exc: BaseException = failure
+            if isinstance(failure, _StepFailed):  # one of several steps in one job
+                step, exc = failure.step, failure.error
+                if isinstance(exc, VisionError):
+                    raise exc from None
             label = f"{model.model_type}/{model.variant}"
             if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
                 raise UnavailableError(
                     f"Out of memory running {label}; retry later or send fewer images.",
                     retry_after_s=5,
                 ) from None
-            step = getattr(fn, "__name__", "a step")
             log.exception("inference on %s failed in %s", label, step)
             raise InferenceError(
                 f"Inference with {label} failed: {type(exc).__name__} in {step}; the server log "
@@ -682,6 +747,23 @@ class ModelPool:
         await self.unload_all()
         self._cpu.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
+
+
+class _StepFailed(Exception):
+    """A step of a multi-step job failed: which one, and its error (``__cause__`` too)."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"{step}: {error!r}")
+        self.step = step
+        self.error = error
+
+
+def _step(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, its failure wrapped in :class:`_StepFailed` naming ``fn``."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise _StepFailed(getattr(fn, "__name__", "a step"), exc) from exc
 
 
 def _status_entry(

@@ -13,13 +13,16 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import torch
 from PIL import Image
 
 from engines.base import Family, LoadRequest, Pipeline, Prepared, VariantSpec
+from engines.errors import InvalidInputError
 from engines.registry import FamilyRegistry
 from service.schemas.common import Endpoint, Images, InferenceResponse, Variant
 
 POISON_WIDTH = 13  # an image this wide makes the forward it is in fail
+INVALID_WIDTH = 11  # an image this wide is refused by pre-processing (a 400)
 
 
 class GateCore:
@@ -48,10 +51,11 @@ class GateCore:
 
 class GatePipeline(Pipeline[Any]):
     def prepare(self, image: Image.Image, options: Any) -> Prepared:
+        if image.width == INVALID_WIDTH:
+            raise InvalidInputError("the gate model takes images of any width but this one")
         thread = threading.current_thread().name  # which executor prepared it
-        return Prepared(
-            {"x": np.asarray(image, np.float32)}, image.width, image.height, {"on": thread}
-        )
+        extra = {"on": thread, "torch_threads": torch.get_num_threads()}
+        return Prepared({"x": np.asarray(image, np.float32)}, image.width, image.height, extra)
 
     def forward(self, batch: Sequence[Prepared], options: Any) -> list[Any]:
         if any(p.width == POISON_WIDTH for p in batch):
@@ -60,7 +64,13 @@ class GatePipeline(Pipeline[Any]):
         return [{"sum": float(s), "batch": len(batch)} for s in out["sum"]]
 
     def postprocess(self, raw: Any, prepared: Prepared, options: Any) -> dict[str, Any]:
-        return {**raw, "width": prepared.width, "prepared_on": prepared.extra["on"]}
+        return {
+            **raw,
+            "width": prepared.width,
+            "prepared_on": prepared.extra["on"],
+            "prepare_torch_threads": prepared.extra["torch_threads"],
+            "postprocessed_on": threading.current_thread().name,
+        }
 
 
 class GateOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from engines.batching import gather_list, options_key
-from engines.errors import InferenceError
+from engines.errors import InferenceError, InvalidInputError
 from engines.pool import ModelPool, PoolConfig
-from tests.fakes import POISON_WIDTH, GateFamily, GateOptions, gate_registry
+from tests.fakes import INVALID_WIDTH, POISON_WIDTH, GateFamily, GateOptions, gate_registry
 
 
 def image(value: int, width: int = 4) -> Image.Image:
@@ -171,22 +171,56 @@ async def test_gather_list_awaits_a_single_awaitable_in_place() -> None:
         await gather_list([fails()])
 
 
-async def test_an_idle_torch_model_prepares_on_the_compute_thread() -> None:
-    """At concurrency 1 the compute thread's team resizes; under load the helpers do."""
+async def test_a_single_image_on_an_idle_model_runs_alone_on_the_compute_thread() -> None:
+    """At concurrency 1 one job does every step; under load the helpers and the batcher do."""
     family = GateFamily()
-    pool = await loaded_pool(family, max_batch_size=8)
-    alone = await pool.infer("gate", None, [image(1)], None)
-    assert alone.results[0]["prepared_on"].startswith("compute")
-    first = await blocked_first(pool, family)
-    queued = asyncio.create_task(pool.infer("gate", None, [image(2)], None))
+    pool = await loaded_pool(family, max_batch_size=8, torch_threads=2)
+    alone = (await pool.infer("gate", None, [image(1)], None)).results[0]
+    assert alone["prepared_on"].startswith("compute")
+    assert alone["postprocessed_on"].startswith("compute")
+    assert alone["prepare_torch_threads"] == 2  # a torch model's resizes use the whole team
+    assert batch_sizes(pool) == {"1": 1}  # counted as a forward of one
+    first = await blocked_first(pool, family)  # runs alone, held at the gate
+    queued = [asyncio.create_task(pool.infer("gate", None, [image(v)], None)) for v in (2, 3)]
     await asyncio.sleep(0.1)
     family.gate.set()
-    assert (await first).results[0]["prepared_on"].startswith("compute")
-    assert (await queued).results[0]["prepared_on"].startswith("cpu")  # a forward was running
+    held = (await first).results[0]
+    assert held["prepared_on"].startswith("compute")
+    # requests were waiting: its post-processing went to a helper, not before their forward
+    assert held["postprocessed_on"].startswith("cpu")
+    outcomes = [o.results[0] for o in await asyncio.gather(*queued)]
+    assert [r["batch"] for r in outcomes] == [2, 2]  # they queued behind it and shared a forward
+    assert all(r["prepared_on"].startswith("cpu") for r in outcomes)
     two = await pool.infer("gate", None, [image(3), image(4)], None)  # side by side
     assert all(r["prepared_on"].startswith("cpu") for r in two.results)
+    assert batch_sizes(pool) == {"1": 2, "2": 2}
     for model in pool.loaded():
         model.engine = "onnx"
-    onnx = await pool.infer("gate", None, [image(3)], None)
-    assert onnx.results[0]["prepared_on"].startswith("cpu")  # its forward has its own threads
+    onnx = (await pool.infer("gate", None, [image(3)], None)).results[0]
+    assert onnx["prepared_on"].startswith("compute")
+    assert onnx["prepare_torch_threads"] == 1  # ONNX Runtime's threads have the cores
+    for model in pool.loaded():
+        model.engine = "torch"
+    restored = (await pool.infer("gate", None, [image(3)], None)).results[0]
+    assert restored["prepare_torch_threads"] == 2  # the compute thread's count came back
+    await pool.close()
+
+
+async def test_a_batch_delay_window_keeps_single_images_in_the_queue() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8, max_batch_delay_ms=1)
+    result = (await pool.infer("gate", None, [image(1)], None)).results[0]
+    assert result["prepared_on"].startswith("cpu")
+    assert batch_sizes(pool) == {"1": 1}
+    await pool.close()
+
+
+async def test_a_failing_step_of_an_image_run_alone_names_the_step() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    with pytest.raises(InferenceError, match="gate/one failed: ValueError in forward"):
+        await pool.infer("gate", None, [image(9, POISON_WIDTH)], None)
+    with pytest.raises(InvalidInputError, match="any width but this one"):  # the 4xx, as is
+        await pool.infer("gate", None, [image(9, INVALID_WIDTH)], None)
+    assert (await pool.infer("gate", None, [image(1)], None)).results[0]["sum"] == 16.0
     await pool.close()
