@@ -72,7 +72,14 @@ def free_port() -> int:
 class ServerProcess:
     """A server subprocess on ``127.0.0.1:port``, its output in a log file."""
 
-    def __init__(self, name: str, command: list[str], port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        env: dict[str, str],
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}"
@@ -81,7 +88,7 @@ class ServerProcess:
         )
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -126,11 +133,18 @@ class ServerProcess:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-def start_ours(config: Path, env: dict[str, str], port: int | None = None) -> ServerProcess:
+def start_ours(
+    config: Path,
+    env: dict[str, str],
+    port: int | None = None,
+    tree: Path = ROOT,
+    name: str = "ours",
+) -> ServerProcess:
     """``python -m service.cli serve --config CONFIG`` on a free port, without Redis.
 
     ``env`` adds to (or overrides) the benchmark's environment: ``VISION_API_*`` settings.
-    Access logs are off (``VISION_API_LOG_LEVEL=warning``), as in the baseline.
+    Access logs are off (``VISION_API_LOG_LEVEL=warning``), as in the baseline. ``tree``: the
+    source tree the server runs from (another commit's checkout for an A/B).
     """
     port = port or free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
@@ -142,7 +156,9 @@ def start_ours(config: Path, env: dict[str, str], port: int | None = None) -> Se
         "TRANSFORMERS_VERBOSITY": "error",
         **env,
     }
-    return ServerProcess("ours", command, port, environ)
+    if tree != ROOT:  # the other tree's packages first, not the installed (editable) ones
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    return ServerProcess(name, command, port, environ, cwd=tree)
 
 
 def start_baseline(

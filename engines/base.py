@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,33 @@ class ImageHandle:
     """
 
     image_id: str
+
+
+class DeferredImage:
+    """An image decoded where it is first needed: on the thread that pre-processes it.
+
+    The service hands a loaded model's images to the pool this way, so decoding and
+    pre-processing share one hop to a worker thread instead of two. The pool calls :meth:`load`
+    before ``prepare``; pipelines only ever see the decoded image. ``decode`` raises the
+    request's own errors (a 400 for bytes that are not an image, a 413 over the pixel limit).
+
+    Args:
+        decode: Returns the decoded RGB image.
+    """
+
+    __slots__ = ("_decode", "decode_ms")
+
+    def __init__(self, decode: Callable[[], Image.Image]) -> None:
+        self._decode = decode
+        self.decode_ms = 0.0
+
+    def load(self) -> Image.Image:
+        """Decode now; how long it took is kept in ``decode_ms``."""
+        started = time.perf_counter()
+        try:
+            return self._decode()
+        finally:
+            self.decode_ms = (time.perf_counter() - started) * 1e3
 
 
 class Core(Protocol):

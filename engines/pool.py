@@ -21,12 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 from PIL import Image
 
-from engines.base import CacheStats, Family, ImageHandle, Pipeline, Prepared, VariantSpec
+from engines.base import (
+    CacheStats,
+    DeferredImage,
+    Family,
+    ImageHandle,
+    Pipeline,
+    Prepared,
+    VariantSpec,
+)
 from engines.batching import Batcher, BatchLimits, Forward, gather_list
 from engines.budget import Resident, plan_room
 from engines.checkpoints import weights_mb
@@ -46,6 +54,8 @@ from engines.threads import init_compute_thread, init_helper_thread, torch_threa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What the pool takes as one image: pixels, a family's cached image, or bytes to decode.
+PoolImage = Image.Image | ImageHandle | DeferredImage
 
 
 @dataclass
@@ -486,7 +496,7 @@ class ModelPool:
         self,
         model_type: str,
         variant: str | None,
-        images: Sequence[Image.Image | ImageHandle],
+        images: Sequence[PoolImage],
         options: Any,
     ) -> InferenceOutcome:
         """Resolve the model, then :meth:`run`."""
@@ -495,13 +505,14 @@ class ModelPool:
     async def run(
         self,
         resolved: ResolvedModel,
-        images: Sequence[Image.Image | ImageHandle],
+        images: Sequence[PoolImage],
         options: Any,
     ) -> InferenceOutcome:
         """Pre-process, run and post-process ``images``; results in input order.
 
         Loads the model first when lazy loading is on. Image handles go only to families that
-        accept them (``Family.accepts_image_ids``).
+        accept them (``Family.accepts_image_ids``). Deferred images are decoded on the thread
+        that pre-processes them; the timings then have ``decode`` too.
 
         Raises:
             InvalidInputError: An image handle for a family that takes only pixels.
@@ -622,14 +633,14 @@ class ModelPool:
         model.last_used_mono = time.monotonic()
 
     async def _infer_loaded(
-        self, model: LoadedModel, images: Sequence[Image.Image | ImageHandle], options: Any
+        self, model: LoadedModel, images: Sequence[PoolImage], options: Any
     ) -> InferenceOutcome:
         if self._alone(model, len(images)):
             return await self._infer_alone(model, images[0], options)
         pipeline = model.pipeline
         started = time.perf_counter()
         prepared = await gather_list(
-            [self._guarded(model, self._cpu, pipeline.prepare, im, options) for im in images]
+            [self._guarded(model, self._cpu, prepare, pipeline, im, options) for im in images]
         )
         t_pre = time.perf_counter()
         assert model.batcher is not None
@@ -643,15 +654,19 @@ class ModelPool:
         )
         t_post = time.perf_counter()
         self._used(model)
+        # Deferred images decoded side by side inside the pre-processing: the longest decode
+        # is what the request waited for.
+        decode = max((i.decode_ms for i in images if isinstance(i, DeferredImage)), default=0.0)
         timings = {
-            "preprocess": (t_pre - started) * 1e3,
+            "decode": decode,
+            "preprocess": (t_pre - started) * 1e3 - decode,
             "inference": (t_inf - t_pre) * 1e3,
             "postprocess": (t_post - t_inf) * 1e3,
         }
         return InferenceOutcome(model, results, timings)
 
     async def _infer_alone(
-        self, model: LoadedModel, image: Image.Image | ImageHandle, options: Any
+        self, model: LoadedModel, image: PoolImage, options: Any
     ) -> InferenceOutcome:
         """One image on an idle model: all its steps in one job on the compute thread.
 
@@ -662,52 +677,54 @@ class ModelPool:
         async with model.batcher.alone():
             self._forwards_running += 1
             try:
-                result, timings = await self._guarded(
+                done = await self._guarded(
                     model, self._compute, self._steps_alone, model, image, options
                 )
             finally:
                 self._forwards_running -= 1
-        if result is None:  # a request queued meanwhile: post-process on a helper, not here
-            raw, prepared = timings.pop("raw"), timings.pop("prepared")
+        if done.result is None:  # a request queued meanwhile: post-process on a helper
             started = time.perf_counter()
-            result = await self._guarded(
-                model, self._cpu, model.pipeline.postprocess, raw, prepared, options
+            done.result = await self._guarded(
+                model, self._cpu, model.pipeline.postprocess, done.raw, done.prepared, options
             )
-            timings["postprocess"] = (time.perf_counter() - started) * 1e3
+            done.timings["postprocess"] = (time.perf_counter() - started) * 1e3
         self._used(model)
-        return InferenceOutcome(model, [result], timings)
+        return InferenceOutcome(model, [done.result], done.timings)
 
     @staticmethod
-    def _steps_alone(
-        model: LoadedModel, image: Image.Image | ImageHandle, options: Any
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """The steps of :meth:`_infer_alone`, on the compute thread: ``(result, timings)``.
+    def _steps_alone(model: LoadedModel, image: PoolImage, options: Any) -> _Alone:
+        """The steps of :meth:`_infer_alone`, on the compute thread.
 
         A torch model's pre- and post-processing use the compute thread's OpenMP team (its
         resizes run on every core); any other engine's run single-threaded in torch, as on a
         helper: ONNX Runtime's forward has threads of its own, and torch's team, still spinning
         after a resize, slowed it (DINOv3: 27.7 -> 33.7 ms). When a request has queued during
-        the forward, the result is None and ``timings`` carries ``raw`` and ``prepared`` for
-        a helper to post-process, so the queued forward does not wait for it.
+        the forward, the result is left to a helper, so the queued forward does not wait for
+        the post-processing.
         """
         pipeline = model.pipeline
         threads = torch_threads(1) if model.engine != "torch" else contextlib.nullcontext()
         with threads:
             started = time.perf_counter()
+            if isinstance(image, DeferredImage):
+                image = _step(decode, image)
+            t_decode = time.perf_counter()
             prepared = _step(pipeline.prepare, image, options)
             t_pre = time.perf_counter()
             raw = _step(pipeline.forward, [prepared], options)[0]
             t_inf = time.perf_counter()
-            timings: dict[str, Any] = {
-                "preprocess": (t_pre - started) * 1e3,
+            done = _Alone(raw, prepared)
+            done.timings = {
+                "decode": (t_decode - started) * 1e3,
+                "preprocess": (t_pre - t_decode) * 1e3,
                 "inference": (t_inf - t_pre) * 1e3,
             }
             assert model.batcher is not None
             if model.batcher.pending:
-                return None, {**timings, "raw": raw, "prepared": prepared}
-            result = _step(pipeline.postprocess, raw, prepared, options)
-        timings["postprocess"] = (time.perf_counter() - t_inf) * 1e3
-        return result, timings
+                return done
+            done.result = _step(pipeline.postprocess, raw, prepared, options)
+        done.timings["postprocess"] = (time.perf_counter() - t_inf) * 1e3
+        return done
 
     async def _guarded(
         self, model: LoadedModel, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
@@ -747,6 +764,29 @@ class ModelPool:
         await self.unload_all()
         self._cpu.shutdown(wait=False, cancel_futures=True)
         self._compute.shutdown(wait=False, cancel_futures=True)
+
+
+def decode(image: DeferredImage) -> Image.Image:
+    """A deferred image's pixels (a step of its own in error messages)."""
+    return image.load()
+
+
+def prepare(pipeline: Pipeline[Any], image: PoolImage, options: Any) -> Prepared:
+    """``pipeline.prepare`` of an image, decoded first where it was deferred."""
+    if isinstance(image, DeferredImage):
+        image = image.load()
+    # An ImageHandle reaches only families that accept them (checked in ModelPool.run).
+    return pipeline.prepare(cast(Image.Image, image), options)
+
+
+@dataclass
+class _Alone:
+    """What the compute-thread job of an image run alone hands back."""
+
+    raw: Any
+    prepared: Prepared
+    result: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class _StepFailed(Exception):

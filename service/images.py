@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import io
 import re
 import warnings
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engines.base import ImageHandle
+from engines.base import DeferredImage, ImageHandle
 from engines.batching import gather_list
 from engines.errors import InvalidInputError, PayloadTooLargeError
 from service.schemas.common import ImageInput, ImageRef
@@ -78,6 +79,34 @@ class ImageDecoder:
     async def decode_all(self, items: Sequence[ImageInput]) -> list[DecodedImage]:
         """Fetch and decode every item concurrently; results in input order."""
         return await gather_list([self._decode(i, item) for i, item in enumerate(items)])
+
+    async def defer_all(self, items: Sequence[ImageInput]) -> list[DeferredImage | ImageHandle]:
+        """Every item ready to be decoded by whichever thread pre-processes it.
+
+        URLs are fetched now (concurrently), the items' shapes checked now; the bytes are
+        decoded when the pool loads each :class:`~engines.base.DeferredImage`, with the same
+        checks and errors as :meth:`decode_all`. Image ids become handles.
+        """
+        return await gather_list([self._defer(i, item) for i, item in enumerate(items)])
+
+    async def _defer(self, index: int, item: ImageInput) -> DeferredImage | ImageHandle:
+        if isinstance(item, ImageRef) and item.image_id is not None:
+            decoded = await self._decode(index, item)  # checks, no decoding
+            assert isinstance(decoded.image, ImageHandle)
+            return decoded.image
+        url, text = self._source(index, item)
+        if url is not None:
+            data = await self._fetch(index, url)
+            return DeferredImage(functools.partial(self._pixels, index, data))
+        return DeferredImage(functools.partial(self._base64_pixels, index, text))
+
+    def _pixels(self, index: int, data: bytes) -> Image.Image:
+        image = self.decode_pixels(index, data).image
+        assert isinstance(image, Image.Image)
+        return image
+
+    def _base64_pixels(self, index: int, text: str) -> Image.Image:
+        return self._pixels(index, _b64decode(index, text))
 
     @staticmethod
     def _source(index: int, item: ImageInput) -> tuple[str | None, str]:

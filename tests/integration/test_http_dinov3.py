@@ -228,6 +228,30 @@ def test_bad_input_is_a_clear_4xx(
     assert http.get("/health").json()["status"] == "ok"
 
 
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded", "not loaded"])
+def test_bad_images_are_clear_4xx_whether_or_not_the_model_is_loaded(
+    http: httpx.Client, loaded: bool
+) -> None:
+    """A loaded model's images are decoded inside the pool's job; the errors are the same."""
+    if loaded:
+        assert http.post("/models/load", json={"model_type": "dinov3"}).status_code == 200
+    else:
+        http.post("/models/unload", json={"model_type": "dinov3"})
+    good = asset_b64("chelsea.jpg")
+    cases = [
+        ({"images": ["not base64!!"]}, 400, "images[0]: not valid base64"),
+        ({"images": [good, base64.b64encode(b"hello").decode()]}, 400, "images[1]: not a"),
+        ({"images": [_png(7000, 6000)]}, 413, "pixels"),
+    ]
+    for body, status, needle in cases:
+        assert_clear_error(http.post("/inference/dinov3", json=body), status, needle)
+    loaded_now = [m for m in http.get("/models/status").json()["models"] if m["loaded"]]
+    # bad images do not load a model; on a loaded one they leave it serving
+    assert any(m["model_type"] == "dinov3" for m in loaded_now) == loaded
+    body = embed(http, [good])
+    assert body["timings_ms"]["decode"] > 0  # decoded in the pool's job or before it
+
+
 def test_malformed_json_is_a_400(http: httpx.Client) -> None:
     response = http.post(
         "/inference/dinov3", content=b'{"images": [', headers={"content-type": "application/json"}

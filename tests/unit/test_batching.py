@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import pytest
 from PIL import Image
 
+from engines.base import DeferredImage
 from engines.batching import gather_list, options_key
 from engines.errors import InferenceError, InvalidInputError
 from engines.pool import ModelPool, PoolConfig
@@ -223,4 +225,33 @@ async def test_a_failing_step_of_an_image_run_alone_names_the_step() -> None:
     with pytest.raises(InvalidInputError, match="any width but this one"):  # the 4xx, as is
         await pool.infer("gate", None, [image(9, INVALID_WIDTH)], None)
     assert (await pool.infer("gate", None, [image(1)], None)).results[0]["sum"] == 16.0
+    await pool.close()
+
+
+async def test_deferred_images_are_decoded_by_the_thread_that_prepares_them() -> None:
+    family = GateFamily()
+    pool = await loaded_pool(family, max_batch_size=8)
+    decoded_on: list[str] = []
+
+    def deferred(value: int, width: int = 4) -> DeferredImage:
+        def decode() -> Image.Image:
+            decoded_on.append(threading.current_thread().name)
+            return image(value, width)
+
+        return DeferredImage(decode)
+
+    alone = await pool.infer("gate", None, [deferred(1)], None)
+    assert alone.results[0]["sum"] == 16.0 and decoded_on == ["compute_0"]
+    assert alone.timings_ms["decode"] > 0
+    two = await pool.infer("gate", None, [deferred(1), deferred(2)], None)
+    assert [r["sum"] for r in two.results] == [16.0, 32.0]
+    assert all(name.startswith("cpu") for name in decoded_on[1:]) and len(decoded_on) == 3
+    assert two.timings_ms["decode"] > 0
+
+    def broken() -> Image.Image:
+        raise InvalidInputError("images[0]: not a decodable image")
+
+    for images in ([DeferredImage(broken)], [deferred(1), DeferredImage(broken)]):
+        with pytest.raises(InvalidInputError, match="not a decodable image"):
+            await pool.infer("gate", None, images, None)
     await pool.close()

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engines.base import DeferredImage, ImageHandle
 from engines.errors import InvalidInputError, PayloadTooLargeError
 from service.images import ImageDecoder
 from service.schemas.common import ImageRef
+from service.schemas.sam3 import Sam3ImageRef
 from service.urlfetch import UrlFetcher, UrlPolicy
 from tests.conftest import ASSETS, asset_b64
 
@@ -100,3 +102,40 @@ async def test_truncated_image(decoder: ImageDecoder) -> None:
     data = (ASSETS / "chelsea.jpg").read_bytes()[:2000]
     with pytest.raises(InvalidInputError, match="decodable"):
         await decoder.decode_all([base64.b64encode(data).decode()])
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("@@@", "not valid base64"),
+        (base64.b64encode(b"GIF89a-but-not-really").decode(), "not a decodable image"),
+        ("", "empty"),
+        ("data:text/plain,hello", "base64 data URI"),
+        (ImageRef(), "exactly one"),
+        ("file:///etc/hosts", "scheme"),
+    ],
+)
+async def test_deferred_items_fail_as_decoded_ones_do(
+    decoder: ImageDecoder, item: object, message: str
+) -> None:
+    """The item's shape fails at once; its bytes when the pool loads it: the same errors."""
+    with pytest.raises(InvalidInputError, match=message):
+        for deferred in await decoder.defer_all([item]):  # type: ignore[list-item]
+            assert isinstance(deferred, DeferredImage)
+            deferred.load()
+
+
+async def test_deferred_items_load_the_same_pixels(decoder: ImageDecoder) -> None:
+    items = [asset_b64("chelsea.jpg"), ImageRef(data=encode(Image.new("LA", (5, 4), (9, 0))))]
+    decoded = await decoder.decode_all(items)
+    deferred = await decoder.defer_all(items)
+    for eager, lazy in zip(decoded, deferred, strict=True):
+        assert isinstance(lazy, DeferredImage) and lazy.decode_ms == 0.0  # nothing decoded yet
+        assert np.array_equal(np.asarray(lazy.load()), np.asarray(eager.image))
+        assert lazy.decode_ms > 0
+    (handle,) = await decoder.defer_all([Sam3ImageRef(image_id="abc")])
+    assert handle == ImageHandle("abc")
+    with pytest.raises(PayloadTooLargeError, match="images\\[0\\].*over the limit"):
+        (big,) = await decoder.defer_all([encode(Image.new("L", (1001, 1000)))])
+        assert isinstance(big, DeferredImage)
+        big.load()
