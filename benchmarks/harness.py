@@ -157,7 +157,9 @@ def start_ours(
         **env,
     }
     if tree != ROOT:  # the other tree's packages first, not the installed (editable) ones
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(tree), environ.get("PYTHONPATH")])
+        )
     return ServerProcess(name, command, port, environ, cwd=tree)
 
 
