@@ -82,16 +82,20 @@ async def test_pixel_limit(decoder: ImageDecoder) -> None:
         await decoder.decode_all([asset_b64("chelsea.jpg"), encode(Image.new("L", (1001, 1000)))])
 
 
+# An item and what its error says: the same whether decoded at once or deferred to the pool.
+BAD_ITEMS = [
+    ("@@@", "not valid base64"),
+    (base64.b64encode(b"GIF89a-but-not-really").decode(), "not a decodable image"),
+    ("", "empty"),
+    ("data:text/plain,hello", "base64 data URI"),
+    (ImageRef(), "exactly one"),
+    ("file:///etc/hosts", "scheme"),
+]
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
-    [
-        ("@@@", "not valid base64"),
-        (base64.b64encode(b"GIF89a-but-not-really").decode(), "not a decodable image"),
-        ("", "empty"),
-        ("data:text/plain,hello", "base64 data URI"),
-        (ImageRef(), "exactly one"),
-        ("file:///etc/hosts", "scheme"),
-    ],
+    BAD_ITEMS,
 )
 async def test_bad_items(decoder: ImageDecoder, item: object, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
@@ -106,14 +110,7 @@ async def test_truncated_image(decoder: ImageDecoder) -> None:
 
 @pytest.mark.parametrize(
     ("item", "message"),
-    [
-        ("@@@", "not valid base64"),
-        (base64.b64encode(b"GIF89a-but-not-really").decode(), "not a decodable image"),
-        ("", "empty"),
-        ("data:text/plain,hello", "base64 data URI"),
-        (ImageRef(), "exactly one"),
-        ("file:///etc/hosts", "scheme"),
-    ],
+    BAD_ITEMS,
 )
 async def test_deferred_items_fail_as_decoded_ones_do(
     decoder: ImageDecoder, item: object, message: str
