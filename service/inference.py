@@ -91,17 +91,19 @@ class InferenceService:
         self, request: InferenceRequest, endpoint: Endpoint | None = None
     ) -> list[DecodedImage]:
         """Check the image and prompt counts, fetch and decode every image."""
-        self.check_count(request.images, endpoint)
-        self.check_prompts(request)
+        self._check_counts(request, endpoint)
         return await self.decoder.decode_all(request.images)
 
     async def defer(
         self, request: InferenceRequest, endpoint: Endpoint
     ) -> list[DeferredImage | ImageHandle]:
         """Check the image and prompt counts, fetch every URL; decoding is left to the pool."""
+        self._check_counts(request, endpoint)
+        return await self.decoder.defer_all(request.images)
+
+    def _check_counts(self, request: InferenceRequest, endpoint: Endpoint | None) -> None:
         self.check_count(request.images, endpoint)
         self.check_prompts(request)
-        return await self.decoder.defer_all(request.images)
 
     def resolve(self, endpoint: Endpoint, request: InferenceRequest) -> ResolvedModel:
         """The request's model (404 for an unknown variant); a task's budget checked (413).
