@@ -25,11 +25,9 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import checkpoints, harness  # noqa: E402  (after the path is set)
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in ms, the device synchronised around each call."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+from benchmarks.gpu_torch_cuda import timed  # noqa: E402
 
 
 def device_rates(device: str, dtype: str, repeats: int) -> dict[str, float]:
@@ -69,12 +47,12 @@ def device_rates(device: str, dtype: str, repeats: int) -> dict[str, float]:
     a = torch.randn(side, side, device=device).to(torch_dtype)
     b = torch.randn(side, side, device=device).to(torch_dtype)
     with torch.inference_mode():
-        ms = _timed(lambda: torch.mm(a, b), device, repeats)
+        ms = timed(lambda: torch.mm(a, b), repeats, device)
     tflops = 2 * side**3 / (ms / 1e3) / 1e12
     count = (2**28 if device.startswith("cuda") else 2**25) // 4  # 256 MB / 32 MB of float32
     source = torch.empty(count, device=device)
     target = torch.empty_like(source)
-    ms_copy = _timed(lambda: target.copy_(source), device, repeats)
+    ms_copy = timed(lambda: target.copy_(source), repeats, device)
     gbps = 2 * source.numel() * source.element_size() / (ms_copy / 1e3) / 1e9
     return {"matmul_tflops": round(tflops, 2), "copy_gb_per_s": round(gbps, 1), "side": side}
 
@@ -194,8 +172,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for batch in sorted({1, args.batch}):
                 batch_of = [prepared] * batch
                 with torch.inference_mode():
-                    ms = _timed(
-                        lambda b=batch_of: pipeline.forward(b, options), args.device, args.repeats
+                    ms = timed(
+                        lambda b=batch_of: pipeline.forward(b, options), args.repeats, args.device
                     )
                 floor = floor_ms(flops, weight_bytes, batch, rates)
                 rows.append(

@@ -36,17 +36,22 @@ PHOTOS = [
 ]
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+def timed(fn: Callable[[], Any], repeats: int, device: str = "cuda", warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in ms; a CUDA device is synchronised around each call."""
     import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times)
 
@@ -88,7 +93,7 @@ def bench_family(
             out["drift_vs_fp32"][dtype] = compare(reference, results)
         for batch in batches:
             prepared = [pipeline.prepare(images[i % len(images)], options) for i in range(batch)]
-            ms = _timed(lambda p=pipeline, b=prepared: p.forward(b, options), repeats)
+            ms = timed(lambda p=pipeline, b=prepared: p.forward(b, options), repeats)
             out["latency_ms"][f"{dtype}/b{batch}"] = round(ms, 2)
             out["latency_ms"][f"{dtype}/b{batch}/per_image"] = round(ms / batch, 2)
         pipeline.core.close()
@@ -205,7 +210,7 @@ def da3_network(repeats: int) -> dict[str, Any]:
             model = net.to(dtype)
             for batch in (1, 8):
                 xb = x[:batch].to(dtype)
-                ms = _timed(lambda m=model, b=xb: m(b), repeats)
+                ms = timed(lambda m=model, b=xb: m(b), repeats)
                 out["latency_ms"][f"{str(dtype)[6:]}/b{batch}"] = round(ms, 2)
                 out["latency_ms"][f"{str(dtype)[6:]}/b{batch}/per_image"] = round(ms / batch, 2)
             if dtype != torch.float32:
