@@ -24,6 +24,10 @@ from PIL import Image
 
 Arrays = dict[str, np.ndarray]
 
+# ``(source width, source height) -> (width, height)`` the pre-processing resizes the image to,
+# or None where it reads every pixel: :meth:`Pipeline.decode_size` bound to a request's options.
+SizeHint = Callable[[int, int], "tuple[int, int] | None"]
+
 
 @dataclass(frozen=True)
 class VariantSpec:
@@ -103,25 +107,27 @@ class DeferredImage:
     """An image decoded where it is first needed: on the thread that pre-processes it.
 
     The service hands a loaded model's images to the pool this way, so decoding and
-    pre-processing share one hop to a worker thread instead of two. The pool calls :meth:`load`
-    before ``prepare``; pipelines only ever see the decoded image. ``decode`` raises the
-    request's own errors (a 400 for bytes that are not an image, a 413 over the pixel limit).
+    pre-processing share one hop to a worker thread instead of two, and the decoder can learn
+    what size the model will resize the image to (a large JPEG is then decoded at a reduced
+    scale). The pool calls :meth:`load` before ``prepare``; pipelines only ever see the decoded
+    image. ``decode`` raises the request's own errors (a 400 for bytes that are not an image, a
+    413 over the pixel limit).
 
     Args:
-        decode: Returns the decoded RGB image.
+        decode: Returns the decoded RGB image, given the pipeline's size hint (or None).
     """
 
     __slots__ = ("_decode", "decode_ms")
 
-    def __init__(self, decode: Callable[[], Image.Image]) -> None:
+    def __init__(self, decode: Callable[[SizeHint | None], Image.Image]) -> None:
         self._decode = decode
         self.decode_ms = 0.0
 
-    def load(self) -> Image.Image:
+    def load(self, hint: SizeHint | None = None) -> Image.Image:
         """Decode now; how long it took is kept in ``decode_ms``."""
         started = time.perf_counter()
         try:
-            return self._decode()
+            return self._decode(hint)
         finally:
             self.decode_ms = (time.perf_counter() - started) * 1e3
 
@@ -268,6 +274,18 @@ class Pipeline(abc.ABC, Generic[OptionsT]):
     @abc.abstractmethod
     def postprocess(self, raw: Any, prepared: Prepared, options: OptionsT) -> dict[str, Any]:
         """Turn one image's raw output into its JSON-ready result (CPU, thread-safe)."""
+
+    def decode_size(self, width: int, height: int, options: OptionsT) -> tuple[int, int] | None:
+        """The ``(width, height)`` pre-processing resizes a ``width`` x ``height`` image to.
+
+        Only for a request that reads nothing but that resized image: the decoder may then
+        decode a large JPEG at a reduced DCT scale that keeps at least twice this size per side
+        (:func:`engines.images.shrink_on_load`), and the pipeline takes the size the image was
+        sent at from :func:`engines.images.source_size`. None (the default): the request needs
+        the image's own pixels (a visualisation, masks or boxes at full resolution, a cache
+        keyed by the pixels).
+        """
+        return None
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once after loading so the first request does not pay for lazy set-up."""

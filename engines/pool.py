@@ -707,7 +707,7 @@ class ModelPool:
         with threads:
             started = time.perf_counter()
             if isinstance(image, DeferredImage):
-                image = _step(decode, image)
+                image = _step(decode, pipeline, image, options)
             t_decode = time.perf_counter()
             prepared = _step(pipeline.prepare, image, options)
             t_pre = time.perf_counter()
@@ -766,15 +766,18 @@ class ModelPool:
         self._compute.shutdown(wait=False, cancel_futures=True)
 
 
-def decode(image: DeferredImage) -> Image.Image:
-    """A deferred image's pixels (a step of its own in error messages)."""
-    return image.load()
+def decode(pipeline: Pipeline[Any], image: DeferredImage, options: Any) -> Image.Image:
+    """A deferred image's pixels (a step of its own in error messages).
+
+    The decoder learns what the pipeline resizes the image to (``Pipeline.decode_size``).
+    """
+    return image.load(functools.partial(pipeline.decode_size, options=options))
 
 
 def prepare(pipeline: Pipeline[Any], image: PoolImage, options: Any) -> Prepared:
     """``pipeline.prepare`` of an image, decoded first where it was deferred."""
     if isinstance(image, DeferredImage):
-        image = image.load()
+        image = decode(pipeline, image, options)
     # An ImageHandle reaches only families that accept them (checked in ModelPool.run).
     return pipeline.prepare(cast(Image.Image, image), options)
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engines.base import DeferredImage, ImageHandle
+from engines.base import DeferredImage, ImageHandle, SizeHint
 from engines.batching import gather_list
 from engines.errors import InvalidInputError, PayloadTooLargeError
+from engines.images import SOURCE_SIZE, shrink_on_load
 from service.schemas.common import ImageInput, ImageRef
 from service.urlfetch import UrlFetcher
 
@@ -70,11 +71,16 @@ class ImageDecoder:
     Args:
         fetcher: Fetches URL items under the URL policy.
         max_pixels: Largest width × height accepted (413 beyond).
+        shrink_on_load: Decode a large JPEG at a reduced scale where the pipeline says how
+            small it will resize it (deferred images only; :func:`engines.images.shrink_on_load`).
     """
 
-    def __init__(self, fetcher: UrlFetcher, max_pixels: int) -> None:
+    def __init__(
+        self, fetcher: UrlFetcher, max_pixels: int, *, shrink_on_load: bool = True
+    ) -> None:
         self.fetcher = fetcher
         self.max_pixels = max_pixels
+        self.shrink_on_load = shrink_on_load
 
     async def decode_all(self, items: Sequence[ImageInput]) -> list[DecodedImage]:
         """Fetch and decode every item concurrently; results in input order."""
@@ -100,13 +106,13 @@ class ImageDecoder:
             return DeferredImage(functools.partial(self._pixels, index, data))
         return DeferredImage(functools.partial(self._base64_pixels, index, text))
 
-    def _pixels(self, index: int, data: bytes) -> Image.Image:
-        image = self.decode_pixels(index, data).image
+    def _pixels(self, index: int, data: bytes, hint: SizeHint | None) -> Image.Image:
+        image = self.decode_pixels(index, data, hint).image
         assert isinstance(image, Image.Image)
         return image
 
-    def _base64_pixels(self, index: int, text: str) -> Image.Image:
-        return self._pixels(index, _b64decode(index, text))
+    def _base64_pixels(self, index: int, text: str, hint: SizeHint | None) -> Image.Image:
+        return self._pixels(index, _b64decode(index, text), hint)
 
     @staticmethod
     def _source(index: int, item: ImageInput) -> tuple[str | None, str]:
@@ -150,8 +156,12 @@ class ImageDecoder:
             return DecodedImage.of_id(data[len(IMAGE_ID_PREFIX) :].decode())
         return self.decode_pixels(index, data)
 
-    def decode_pixels(self, index: int, data: bytes) -> DecodedImage:
-        """Decode, check the pixel limit, apply EXIF orientation, convert to RGB."""
+    def decode_pixels(self, index: int, data: bytes, hint: SizeHint | None = None) -> DecodedImage:
+        """Decode, check the pixel limit, apply EXIF orientation, convert to RGB.
+
+        With a ``hint`` (what the pipeline resizes the image to) a large JPEG is decoded at a
+        reduced scale, its size as sent kept in ``Image.info`` (``engines.images.source_size``).
+        """
         if not data:
             raise InvalidInputError(f"images[{index}]: the image is empty.")
         try:
@@ -164,11 +174,18 @@ class ImageDecoder:
                         f"images[{index}]: {image.width}x{image.height} is {pixels} pixels, "
                         f"over the limit of {self.max_pixels}."
                     )
+                source = (
+                    shrink_on_load(image, hint)
+                    if hint is not None and self.shrink_on_load
+                    else None
+                )
                 image.load()
                 # In place: without it Pillow returns a copy even of an upright image (0.75 ms
                 # for a 512² photo, half of the decode).
                 ImageOps.exif_transpose(image, in_place=True)
                 rgb = _to_rgb(image)
+                if source is not None:
+                    rgb.info[SOURCE_SIZE] = source
         except Image.DecompressionBombError:
             # Pillow's own ceiling (2 x MAX_IMAGE_PIXELS), checked while opening: far over ours.
             raise PayloadTooLargeError(

@@ -86,7 +86,11 @@ def build_inference(
     policy = UrlPolicy.build(
         urls.url_timeout_s, urls.url_max_bytes, urls.url_max_redirects, urls.url_allowed_networks
     )
-    decoder = ImageDecoder(UrlFetcher(policy), settings.limits.max_image_pixels)
+    decoder = ImageDecoder(
+        UrlFetcher(policy),
+        settings.limits.max_image_pixels,
+        shrink_on_load=settings.runtime.shrink_on_load,
+    )
     if endpoints is None:
         endpoints = discover_endpoints(pool.registry)
     return InferenceService(

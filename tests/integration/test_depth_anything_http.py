@@ -149,3 +149,31 @@ def test_bad_input_is_a_clear_4xx(
 ) -> None:
     response = http.post(PATH, json={"images": [asset_b64("chelsea.jpg")], **extra})
     assert_clear_error(response, status, needle)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "tiny-v2"])
+def test_a_large_jpeg_keeps_its_size_when_decoded_small(http: httpx.Client, variant: str) -> None:
+    """2800x2100 decodes at 1/2 scale for DA3 (504x378) and V2 (~700x518); depth comes at
+    2800x2100."""
+    photo = Image.open(io.BytesIO(base64.b64decode(asset_b64("rocket.jpg")))).convert("RGB")
+    buffer = io.BytesIO()
+    photo.resize((2800, 2100), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=92)
+    jpeg = base64.b64encode(buffer.getvalue()).decode()
+    depth(http, [asset_b64("chelsea.jpg")], variant=variant)  # loaded: decoded where prepared
+    maps = []
+    for options in ({}, {"visualize": True}):  # a visualisation decodes every pixel
+        (result,) = depth(http, [jpeg], output_format="png", variant=variant, **options)["results"]
+        assert (result["width"], result["height"]) == (2800, 2100)
+        with Image.open(io.BytesIO(base64.b64decode(result["depth"]))) as decoded:
+            assert decoded.size == (2800, 2100)
+            levels = np.asarray(decoded).astype(np.float64) / 65535
+        maps.append(result["min"] + levels * (result["max"] - result["min"]))
+    shrunk, every_pixel = maps
+    assert not np.array_equal(shrunk, every_pixel)  # the network saw other pixels ...
+    assert np.corrcoef(shrunk.ravel(), every_pixel.ravel())[0, 1] >= 0.99
+    assert np.abs(shrunk - every_pixel).mean() <= 0.02 * (every_pixel.max() - every_pixel.min())
+    print(
+        variant,
+        np.corrcoef(shrunk.ravel(), every_pixel.ravel())[0, 1],
+        np.abs(shrunk - every_pixel).mean() / (every_pixel.max() - every_pixel.min()),
+    )

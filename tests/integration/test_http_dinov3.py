@@ -271,3 +271,33 @@ def test_unknown_route_is_a_json_404(http: httpx.Client) -> None:
     response = http.get("/inference/nothing-here")
     assert response.status_code in (404, 405)
     assert "detail" in response.json()
+
+
+def encoded(image: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(http: httpx.Client) -> None:
+    """A 2048x1536 JPEG for a 224² model decodes at 1/2 scale: the model sees those pixels."""
+    photo = Image.open(io.BytesIO(base64.b64decode(asset_b64("astronaut.png")))).convert("RGB")
+    jpeg = encoded(photo.resize((2048, 1536), Image.Resampling.BICUBIC), "JPEG")
+    embed(http, [asset_b64("chelsea.jpg")])  # loaded: images decode where they are prepared
+    shrunk = Image.open(io.BytesIO(base64.b64decode(jpeg)))
+    shrunk.draft(None, (448, 448))
+    assert shrunk.size == (1024, 768)
+    full = Image.open(io.BytesIO(base64.b64decode(jpeg))).convert("RGB")
+
+    def embedding(image: str, **options: object) -> np.ndarray:
+        (result,) = embed(http, [image], normalize=True, **options)["results"]
+        return np.asarray(result["embedding"])
+
+    served = embedding(jpeg)
+    # Sent losslessly, the same pixels give the same embedding ...
+    np.testing.assert_allclose(served, embedding(encoded(shrunk.convert("RGB"), "PNG")), atol=1e-6)
+    # ... and every pixel decoded gives nearly the same.
+    every_pixel = embedding(encoded(full, "PNG"))
+    assert float(served @ every_pixel) >= 0.999 and not np.allclose(served, every_pixel, atol=1e-6)
+    # A visualisation is drawn on the image itself: every pixel decoded then.
+    np.testing.assert_allclose(embedding(jpeg, visualize=True), every_pixel, atol=1e-6)

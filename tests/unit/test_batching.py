@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from engines.base import DeferredImage
+from engines.base import DeferredImage, SizeHint
 from engines.batching import gather_list, options_key
 from engines.errors import InferenceError, InvalidInputError
 from engines.pool import ModelPool, PoolConfig
@@ -232,10 +232,13 @@ async def test_deferred_images_are_decoded_by_the_thread_that_prepares_them() ->
     family = GateFamily()
     pool = await loaded_pool(family, max_batch_size=8)
     decoded_on: list[str] = []
+    hinted: list[tuple[int, int] | None] = []
 
     def deferred(value: int, width: int = 4) -> DeferredImage:
-        def decode() -> Image.Image:
+        def decode(hint: SizeHint | None) -> Image.Image:
             decoded_on.append(threading.current_thread().name)
+            assert hint is not None  # the pipeline's decode_size, for the decoder to shrink by
+            hinted.append(hint(8, 6))
             return image(value, width)
 
         return DeferredImage(decode)
@@ -247,8 +250,9 @@ async def test_deferred_images_are_decoded_by_the_thread_that_prepares_them() ->
     assert [r["sum"] for r in two.results] == [16.0, 32.0]
     assert all(name.startswith("cpu") for name in decoded_on[1:]) and len(decoded_on) == 3
     assert two.timings_ms["decode"] > 0
+    assert hinted == [(4, 3)] * 3  # GatePipeline.decode_size halves
 
-    def broken() -> Image.Image:
+    def broken(hint: SizeHint | None) -> Image.Image:
         raise InvalidInputError("images[0]: not a decodable image")
 
     for images in ([DeferredImage(broken)], [deferred(1), DeferredImage(broken)]):

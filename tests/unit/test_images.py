@@ -11,6 +11,7 @@ from PIL import Image
 
 from engines.base import DeferredImage, ImageHandle
 from engines.errors import InvalidInputError, PayloadTooLargeError
+from engines.images import SOURCE_SIZE, resize_normalize, source_size
 from service.images import ImageDecoder
 from service.schemas.common import ImageRef
 from service.schemas.sam3 import Sam3ImageRef
@@ -136,3 +137,79 @@ async def test_deferred_items_load_the_same_pixels(decoder: ImageDecoder) -> Non
         (big,) = await decoder.defer_all([encode(Image.new("L", (1001, 1000)))])
         assert isinstance(big, DeferredImage)
         big.load()
+
+
+def jpeg_bytes(image: Image.Image, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def large_photo() -> Image.Image:
+    """A real photo enlarged to a phone camera's 4:3 frame (2048x1536)."""
+    return Image.open(ASSETS / "astronaut.png").convert("RGB").resize((2048, 1536), Image.BICUBIC)
+
+
+def model_224(width: int, height: int) -> tuple[int, int]:
+    return 224, 224
+
+
+def test_a_large_jpeg_decodes_at_the_scale_its_model_needs(large_photo: Image.Image) -> None:
+    decoder = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000)
+    data = jpeg_bytes(large_photo)
+    full = decoder.decode_pixels(0, data).image
+    shrunk = decoder.decode_pixels(0, data, model_224).image
+    assert isinstance(full, Image.Image) and isinstance(shrunk, Image.Image)
+    # 1/2 is the smallest DCT scale that keeps twice 224 on both sides (1/4: 512x384).
+    assert full.size == (2048, 1536) and shrunk.size == (1024, 768)
+    assert source_size(shrunk) == (2048, 1536) and source_size(full) == (2048, 1536)
+    assert SOURCE_SIZE not in full.info
+    # What the model sees after its own resize: a fraction of a grey level apart on average.
+    seen_full = resize_normalize(full, (224, 224), rescale_factor=None)
+    seen_shrunk = resize_normalize(shrunk, (224, 224), rescale_factor=None)
+    difference = np.abs(seen_full - seen_shrunk)
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) < 3
+    # A smaller model input allows a smaller scale: 1/4 keeps twice 112 (x 2 = 224 < 384).
+    quarter = decoder.decode_pixels(0, data, lambda w, h: (112, 112)).image
+    assert isinstance(quarter, Image.Image) and quarter.size == (512, 384)
+
+
+def test_a_rotated_large_jpeg_is_judged_upright(large_photo: Image.Image) -> None:
+    """EXIF orientation 6 (shown turned 90°): the hint gets and the size keeps the shown frame."""
+    decoder = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    asked: list[tuple[int, int]] = []
+
+    def portrait_model(width: int, height: int) -> tuple[int, int]:
+        asked.append((width, height))
+        return 192, 256  # the model's input, upright as well
+
+    shrunk = decoder.decode_pixels(0, jpeg_bytes(large_photo, exif=exif), portrait_model).image
+    assert isinstance(shrunk, Image.Image)
+    assert asked == [(1536, 2048)]
+    # 1/4 scale: 384x512 shown, exactly twice the model input on both sides.
+    assert shrunk.size == (384, 512) and source_size(shrunk) == (1536, 2048)
+
+
+@pytest.mark.parametrize("case", ["png", "small", "all pixels", "setting off"])
+def test_what_decodes_every_pixel(large_photo: Image.Image, case: str) -> None:
+    decoder = ImageDecoder(
+        UrlFetcher(UrlPolicy()), max_pixels=40_000_000, shrink_on_load=case != "setting off"
+    )
+    photo = large_photo.resize((800, 600)) if case == "small" else large_photo
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG" if case == "png" else "JPEG")
+    hint = (lambda w, h: None) if case == "all pixels" else model_224
+    decoded = decoder.decode_pixels(0, buffer.getvalue(), hint).image
+    assert isinstance(decoded, Image.Image)
+    assert decoded.size == photo.size and SOURCE_SIZE not in decoded.info
+
+
+async def test_deferred_items_pass_the_hint_to_the_decoder(large_photo: Image.Image) -> None:
+    decoder = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000)
+    (deferred,) = await decoder.defer_all([base64.b64encode(jpeg_bytes(large_photo)).decode()])
+    assert isinstance(deferred, DeferredImage)
+    image = deferred.load(model_224)
+    assert image.size == (1024, 768) and source_size(image) == (2048, 1536)

@@ -45,6 +45,7 @@ from engines.errors import InvalidInputError
 from engines.families.depth_anything.maps import depth_to_png, resize_depth, scale_intrinsics
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.v2 import DptPreprocessing, is_v2_config
+from engines.images import source_size
 from engines.visualize import depth_panel, encode_png, requested
 
 DA3_PROCESS_RES = 504
@@ -137,9 +138,21 @@ class DepthAnythingPipeline(Pipeline[DepthAnythingOptions]):
             from engines.families.depth_anything.da3 import preprocess_da3
 
             rgb = np.asarray(image.convert("RGB"))
-            pixels = preprocess_da3(rgb, process_res=DA3_PROCESS_RES).numpy()
+            pixels = preprocess_da3(rgb, DA3_PROCESS_RES, source_size(image)).numpy()
         extra = {"image": image} if requested(options) else {}
-        return Prepared({"pixel_values": pixels}, image.width, image.height, extra)
+        return Prepared({"pixel_values": pixels}, *source_size(image), extra)
+
+    def decode_size(
+        self, width: int, height: int, options: DepthAnythingOptions
+    ) -> tuple[int, int] | None:
+        """The network input size; None with a visualisation (drawn on the image itself)."""
+        if requested(options):
+            return None
+        if self.v2_preprocessing is not None:
+            return self.v2_preprocessing.output_size(width, height)
+        from engines.families.depth_anything.da3 import da3_input_size
+
+        return da3_input_size(width, height, DA3_PROCESS_RES)
 
     def forward(
         self, batch: Sequence[Prepared], options: DepthAnythingOptions

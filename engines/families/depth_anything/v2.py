@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engines.images import image_to_chw_float
+from engines.images import image_to_chw_float, source_size
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # What the released Depth-Anything-V2-*-hf checkpoints' preprocessor_config.json says.
@@ -110,8 +110,8 @@ class DptPreprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pre-process an RGB image into a (3, h, w) float32 array."""
+        size = self.output_size(*source_size(image))
         image = image.convert("RGB")
-        size = self.output_size(image.width, image.height)
         if size != image.size:
             image = image.resize(size, _PIL_FILTERS.get(self.resample, Image.Resampling.BICUBIC))
         # The same float32 operations in the same order, channel-first from the first pass on.

@@ -25,6 +25,7 @@ from engines.images import (
     IMAGENET_STD,
     released_preprocessing,
     resize_normalize,
+    source_size,
 )
 from engines.visualize import encode_png, features_panel, requested
 
@@ -71,7 +72,7 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pre-process an RGB image into a (3, H, W) float32 array."""
-        size = self.output_size(image.width, image.height)
+        size = self.output_size(*source_size(image))
         mode = "bicubic" if self.resample == 3 else "bilinear"
         return resize_normalize(image, size, mode, self.rescale_factor, self.mean, self.std)
 
@@ -103,7 +104,16 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
         """Resize, rescale and normalise one image."""
         pixels = self.preprocessing(image)
         extra = {"image": image} if requested(options) else {}
-        return Prepared({"pixel_values": pixels}, image.width, image.height, extra)
+        return Prepared({"pixel_values": pixels}, *source_size(image), extra)
+
+    def decode_size(
+        self, width: int, height: int, options: Dinov3Options
+    ) -> tuple[int, int] | None:
+        """The network input size; None with a visualisation (drawn on the image itself)."""
+        if requested(options):
+            return None
+        out_height, out_width = self.preprocessing.output_size(width, height)
+        return out_width, out_height
 
     def forward(self, batch: Sequence[Prepared], options: Dinov3Options) -> list[dict[str, Any]]:
         """One forward for the batch; keeps only what the options ask for."""

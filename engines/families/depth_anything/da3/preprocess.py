@@ -120,7 +120,9 @@ def da3_input_size(width: int, height: int, process_res: int = 504) -> tuple[int
     return _nearest_multiple(width, PATCH_SIZE), _nearest_multiple(height, PATCH_SIZE)
 
 
-def preprocess_da3(image: np.ndarray, process_res: int = 504) -> torch.Tensor:
+def preprocess_da3(
+    image: np.ndarray, process_res: int = 504, source_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Resize and normalise one RGB image for DA3, as the reference's input processor does.
 
     Two resizes, as in the reference (``upper_bound_resize``): the longest side to
@@ -130,6 +132,8 @@ def preprocess_da3(image: np.ndarray, process_res: int = 504) -> torch.Tensor:
     Args:
         image: (H, W, 3) uint8 RGB.
         process_res: Target length of the longest side before rounding to multiples of 14.
+        source_size: ``(width, height)`` the image was sent at, where it was decoded smaller
+            (``engines.images.source_size``): the sizes follow the image as sent.
 
     Returns:
         [3, h, w] float32 tensor, ImageNet-normalised, h and w multiples of 14 (the network's
@@ -141,8 +145,8 @@ def preprocess_da3(image: np.ndarray, process_res: int = 504) -> torch.Tensor:
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"Expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    height, width = image.shape[:2]
-    image = resize_like_opencv(image, *_bounded_size(width, height, process_res))
+    source_width, source_height = source_size or (image.shape[1], image.shape[0])
+    image = resize_like_opencv(image, *_bounded_size(source_width, source_height, process_res))
     height, width = image.shape[:2]
     image = resize_like_opencv(
         image, _nearest_multiple(width, PATCH_SIZE), _nearest_multiple(height, PATCH_SIZE)
