@@ -150,17 +150,46 @@ class ImageDecoder:
         """A base64 (or data URI) item's pixels."""
         return self.decode_pixels(index, _b64decode(index, text))
 
+    def for_pool(
+        self, index: int, decoded: DecodedImage
+    ) -> Image.Image | ImageHandle | DeferredImage:
+        """An eagerly decoded image as the pool should get it: as a deferred one would decode.
+
+        A large JPEG is decoded again at the scale the loaded pipeline asks for, so a request
+        that found its model unloaded, or a job, gets the answer a request to the loaded model
+        gets; any other image is the one already decoded (its header read again, no pixels).
+        """
+        image = decoded.image
+        if isinstance(image, ImageHandle) or not self.shrink_on_load:
+            return image
+        return DeferredImage(functools.partial(self._again, index, decoded.data, image))
+
+    def _again(
+        self, index: int, data: bytes, image: Image.Image, hint: SizeHint | None
+    ) -> Image.Image:
+        decoded = self.decode_pixels(index, data, hint, decoded=image).image
+        assert isinstance(decoded, Image.Image)
+        return decoded
+
     def decode_bytes(self, index: int, data: bytes) -> DecodedImage:
         """What the job queue carried: an image id reference, or image bytes to decode."""
         if data.startswith(IMAGE_ID_PREFIX):
             return DecodedImage.of_id(data[len(IMAGE_ID_PREFIX) :].decode())
         return self.decode_pixels(index, data)
 
-    def decode_pixels(self, index: int, data: bytes, hint: SizeHint | None = None) -> DecodedImage:
+    def decode_pixels(
+        self,
+        index: int,
+        data: bytes,
+        hint: SizeHint | None = None,
+        decoded: Image.Image | None = None,
+    ) -> DecodedImage:
         """Decode, check the pixel limit, apply EXIF orientation, convert to RGB.
 
         With a ``hint`` (what the pipeline resizes the image to) a large JPEG is decoded at a
         reduced scale, its size as sent kept in ``Image.info`` (``engines.images.source_size``).
+        ``decoded``: these bytes decoded in full already, returned where no reduced scale
+        applies.
         """
         if not data:
             raise InvalidInputError(f"images[{index}]: the image is empty.")
@@ -179,6 +208,8 @@ class ImageDecoder:
                     if hint is not None and self.shrink_on_load
                     else None
                 )
+                if source is None and decoded is not None:
+                    return DecodedImage(decoded, data)
                 image.load()
                 # In place: without it Pillow returns a copy even of an upright image (0.75 ms
                 # for a 512² photo, half of the decode).

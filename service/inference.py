@@ -146,7 +146,11 @@ class InferenceService:
         """
         started = time.perf_counter() if started is None else started
         endpoint = endpoint or self.endpoints[resolved.model_type]
-        return await self._respond(resolved, request, [d.image for d in images], started, endpoint)
+        pixels = [
+            self.decoder.for_pool(i, d) if endpoint.task is None else d.image
+            for i, d in enumerate(images)
+        ]
+        return await self._respond(resolved, request, pixels, started, endpoint)
 
     async def _respond(
         self,

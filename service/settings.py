@@ -115,8 +115,9 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # of mapping and zero-filling them anew each time (given back when a model unloads).
     keep_freed_memory: bool = True
     # Decode a large JPEG at 1/2, 1/4 or 1/8 scale where the model resizes it far smaller
-    # anyway (DINOv3, Depth Anything V2; not with a visualisation), keeping at least twice the
-    # model's input size per side; off: every pixel decoded, as the reference processors do.
+    # anyway (DINOv3, Depth Anything V2 and V3; not with a visualisation), keeping at least
+    # twice the model's input size per side; off: every pixel decoded, as the reference
+    # processors do.
     shrink_on_load: bool = True
     # Inference requests one loaded model takes at once; beyond it 503 with Retry-After.
     max_in_flight_per_model: Annotated[int, Meta(ge=1)] = 64

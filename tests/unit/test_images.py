@@ -213,3 +213,27 @@ async def test_deferred_items_pass_the_hint_to_the_decoder(large_photo: Image.Im
     assert isinstance(deferred, DeferredImage)
     image = deferred.load(model_224)
     assert image.size == (1024, 768) and source_size(image) == (2048, 1536)
+
+
+def test_an_eager_decode_reaches_the_pool_as_a_deferred_one_would(
+    large_photo: Image.Image,
+) -> None:
+    """A job or a request that loaded its model decoded eagerly: the pool still gets the same
+    pixels as a deferred decode (the large JPEG again at reduced scale, anything else as is)."""
+    decoder = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000)
+    data = jpeg_bytes(large_photo)
+    eager = decoder.decode_pixels(0, data)
+    again = decoder.for_pool(0, eager)
+    assert isinstance(again, DeferredImage)
+    shrunk = again.load(model_224)
+    expected = decoder.decode_pixels(0, data, model_224).image
+    assert shrunk.size == (1024, 768) and source_size(shrunk) == (2048, 1536)
+    assert np.array_equal(np.asarray(shrunk), np.asarray(expected))
+    small = decoder.decode_pixels(0, jpeg_bytes(large_photo.resize((800, 600))))
+    for decoded in (small, eager):  # nothing to shrink: the eager pixels themselves
+        kept = decoder.for_pool(0, decoded)
+        assert isinstance(kept, DeferredImage)
+        hint = model_224 if decoded is small else (lambda w, h: None)
+        assert kept.load(hint) is decoded.image
+    off = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000, shrink_on_load=False)
+    assert off.for_pool(0, eager) is eager.image
