@@ -37,7 +37,7 @@ def shrink_on_load(image: Image.Image, hint: SizeHint) -> tuple[int, int] | None
         The upright source ``(width, height)`` when a reduced scale was set, else None (not a
         JPEG, the pipeline needs every pixel, or the image is not large enough to gain).
     """
-    if image.format != "JPEG":
+    if image.format not in ("JPEG", "MPO"):  # MPO: a camera's JPEG with extra frames
         return None
     transposed = image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING
     width, height = (image.height, image.width) if transposed else image.size

@@ -237,3 +237,19 @@ def test_an_eager_decode_reaches_the_pool_as_a_deferred_one_would(
         assert kept.load(hint) is decoded.image
     off = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000, shrink_on_load=False)
     assert off.for_pool(0, eager) is eager.image
+
+
+@pytest.mark.parametrize("kind", ["progressive", "CMYK", "grey", "MPO"])
+def test_every_kind_of_jpeg_decodes_small(large_photo: Image.Image, kind: str) -> None:
+    """Progressive, CMYK and greyscale JPEGs, and a camera's MPO (a JPEG with more frames)."""
+    buffer = io.BytesIO()
+    if kind == "MPO":
+        large_photo.save(buffer, "MPO", save_all=True, append_images=[large_photo.rotate(90)])
+    elif kind == "progressive":
+        large_photo.save(buffer, "JPEG", progressive=True)
+    else:
+        large_photo.convert("CMYK" if kind == "CMYK" else "L").save(buffer, "JPEG")
+    decoder = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000)
+    shrunk = decoder.decode_pixels(0, buffer.getvalue(), model_224).image
+    assert isinstance(shrunk, Image.Image) and shrunk.mode == "RGB"
+    assert shrunk.size == (1024, 768) and source_size(shrunk) == (2048, 1536)
