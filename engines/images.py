@@ -26,12 +26,13 @@ def shrink_on_load(image: Image.Image, hint: SizeHint) -> tuple[int, int] | None
     """Set an opened, not yet loaded JPEG to decode at the smallest DCT scale the model allows.
 
     libjpeg-turbo decodes at 1/2, 1/4 or 1/8 scale in the DCT (each output pixel the mean of
-    its 2², 4² or 8² block, before the colour conversion): a 4032x3024 photo for a 224² model
-    decodes in ~19 ms at 1008x756 instead of ~87 ms, and its resize reads 1/16 of the pixels
-    (the whole pre-processing 180 -> 26 ms on a 2-core CPU). The scale keeps at least
+    its 2², 4² or 8² block, before the colour conversion): a 12 MP camera photo for a 224²
+    model decodes at 1008x756 and its resize reads 1/16 of the pixels, decoding and
+    pre-processing 148 -> 49 ms on a 2-core CPU (``benchmarks/bench_large_photos.py``; the
+    entropy decoding of every coefficient remains). The scale keeps at least
     :data:`SHRINK_MARGIN` times the size ``hint`` gives for the upright (EXIF-rotated) source,
     so the model's antialiased resize still averages over several decoded pixels: the pixels
-    it sees move by a fraction of a grey level on average (``benchmarks/bench_large_photos.py``).
+    it sees move by 0.1-0.2 grey levels on average.
 
     Returns:
         The upright source ``(width, height)`` when a reduced scale was set, else None (not a

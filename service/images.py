@@ -40,6 +40,8 @@ IMAGE_ID_PREFIX = b"\0vision-api:image-id:"
 # formats Pillow reads are attack surface nobody asked for. (JPEG includes the multi-picture
 # JPEGs of phone cameras: Pillow's JPEG opener hands them to its MPO reader.)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Every JPEG (and MPO) starts with this marker.
+JPEG_START = b"\xff\xd8"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class ImageDecoder:
         fetcher: Fetches URL items under the URL policy.
         max_pixels: Largest width × height accepted (413 beyond).
         shrink_on_load: Decode a large JPEG at a reduced scale where the pipeline says how
-            small it will resize it (deferred images only; :func:`engines.images.shrink_on_load`).
+            small it will resize it (:func:`engines.images.shrink_on_load`).
     """
 
     def __init__(
@@ -157,10 +159,15 @@ class ImageDecoder:
 
         A large JPEG is decoded again at the scale the loaded pipeline asks for, so a request
         that found its model unloaded, or a job, gets the answer a request to the loaded model
-        gets; any other image is the one already decoded (its header read again, no pixels).
+        gets; any other JPEG is the one already decoded (its header read again, no pixels),
+        any other format passes as it is.
         """
         image = decoded.image
-        if isinstance(image, ImageHandle) or not self.shrink_on_load:
+        if (
+            isinstance(image, ImageHandle)
+            or not self.shrink_on_load
+            or not decoded.data.startswith(JPEG_START)
+        ):
             return image
         return DeferredImage(functools.partial(self._again, index, decoded.data, image))
 

@@ -291,3 +291,29 @@ async def test_a_job_over_its_timeout_fails_with_the_reason(
         assert job["finished_at"] is not None and job["attempts"] == 1
         failed = (await client.get("/jobs", params={"status": "failed"})).json()
         assert [j["job_id"] for j in failed["jobs"]] == [job_id]
+
+
+async def test_a_large_jpeg_gets_one_answer_however_it_arrives(
+    jobs_config: Path, backend: dict[str, Any]
+) -> None:
+    """The request that loads the model and a job decode eagerly, a request to the loaded
+    model decodes where it is pre-processed: a large JPEG is decoded small all three ways."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    photo = Image.open(Path(__file__).parents[1] / "assets" / "astronaut.png").convert("RGB")
+    buffer = io.BytesIO()
+    photo.resize((2048, 1536), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=92)
+    body = {**BODY, "images": [base64.b64encode(buffer.getvalue()).decode()]}
+    settings = settings_for(jobs_config, **backend)
+    async with serve_app(settings) as client:
+        loading = (await client.post("/inference/dinov3", json=body)).json()
+        loaded = (await client.post("/inference/dinov3", json=body)).json()
+        submitted = await client.post("/jobs/submit/dinov3", json=body)
+        assert submitted.status_code == 202, submitted.text
+        job = await wait_for(client, submitted.json()["job_id"])
+        assert job["status"] == "completed", job
+        for answer in (loading, job["result"]):
+            np.testing.assert_allclose(_embeddings(answer), _embeddings(loaded), atol=1e-6)

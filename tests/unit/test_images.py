@@ -237,6 +237,8 @@ def test_an_eager_decode_reaches_the_pool_as_a_deferred_one_would(
         assert kept.load(hint) is decoded.image
     off = ImageDecoder(UrlFetcher(UrlPolicy()), max_pixels=40_000_000, shrink_on_load=False)
     assert off.for_pool(0, eager) is eager.image
+    png = decoder.decode_pixels(0, base64.b64decode(encode(large_photo)))
+    assert decoder.for_pool(0, png) is png.image  # no JPEG, nothing to decode again
 
 
 @pytest.mark.parametrize("kind", ["progressive", "CMYK", "grey", "MPO"])
