@@ -153,21 +153,9 @@ async def _compare(
             await harness.run_round(client, url, requests[name], 1, args.warmup)
         result["drift"] = await _drift(client, urls, args.family, ours)
         for concurrency in args.concurrency:
-            rounds: dict[str, list[harness.Round]] = {name: [] for name in urls}
-            for round_ in range(args.rounds):
-                order = list(urls) if round_ % 2 == 0 else list(urls)[::-1]
-                for name in order:
-                    await asyncio.sleep(args.pause_s)
-                    rounds[name].append(
-                        await harness.run_round(
-                            client,
-                            urls[name],
-                            requests[name],
-                            concurrency,
-                            args.requests,
-                            round_ * args.requests,
-                        )
-                    )
+            rounds = await harness.interleaved_rounds(
+                client, urls, requests, concurrency, args.rounds, args.requests, args.pause_s
+            )
             row: dict[str, Any] = {}
             for name, side_rounds in rounds.items():
                 row[name] = harness.summarize(side_rounds)

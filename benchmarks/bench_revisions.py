@@ -71,23 +71,17 @@ async def _compare(
         for url in urls.values():  # loads the model, warms both sides up
             await harness.run_round(client, url, bodies, 1, args.warmup)
         for concurrency in args.concurrency:
-            rounds: dict[str, list[harness.Round]] = {name: [] for name in urls}
             for url in urls.values():  # one untimed pass at this concurrency
                 await harness.run_round(client, url, bodies, concurrency, concurrency)
-            for round_ in range(args.rounds):
-                order = list(urls) if round_ % 2 == 0 else list(urls)[::-1]
-                for name in order:
-                    await asyncio.sleep(args.pause_s)
-                    rounds[name].append(
-                        await harness.run_round(
-                            client,
-                            urls[name],
-                            bodies,
-                            concurrency,
-                            args.requests,
-                            round_ * args.requests,
-                        )
-                    )
+            rounds = await harness.interleaved_rounds(
+                client,
+                urls,
+                dict.fromkeys(urls, bodies),
+                concurrency,
+                args.rounds,
+                args.requests,
+                args.pause_s,
+            )
             summary = {name: harness.summarize(r) for name, r in rounds.items()}
             paired_speed = [
                 a.images / a.wall_s / (b.images / b.wall_s)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -109,23 +110,17 @@ async def measure(
     limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=args.request_timeout_s, limits=limits) as client:
         for concurrency in args.concurrency:
-            rounds: dict[str, list[harness.Round]] = {n: [] for n in names}
             load: list[float] = []
-            for round_ in range(args.rounds):
-                order = names if round_ % 2 == 0 else names[::-1]
-                for name in order:
-                    await asyncio.sleep(args.pause_s)  # the other's thread pools settle
-                    rounds[name].append(
-                        await harness.run_round(
-                            client,
-                            servers[name].url + url_path,
-                            bodies,
-                            concurrency,
-                            args.requests,
-                            offset=round_ * args.requests,
-                        )
-                    )
-                load.append(os.getloadavg()[0])
+            rounds = await harness.interleaved_rounds(
+                client,
+                {name: servers[name].url + url_path for name in names},
+                dict.fromkeys(names, bodies),
+                concurrency,
+                args.rounds,
+                args.requests,
+                args.pause_s,
+                after_round=functools.partial(_read_load, load),
+            )
             row: dict[str, Any] = {"concurrency": concurrency, "load_avg": load}
             for name in names:
                 row[name] = harness.summarize(rounds[name])
@@ -135,6 +130,10 @@ async def measure(
             rows.append(row)
             _print_row(row)
     return rows
+
+
+def _read_load(readings: list[float]) -> None:
+    readings.append(os.getloadavg()[0])
 
 
 def _ratio(a: float, b: float) -> float:

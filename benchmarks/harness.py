@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -326,6 +327,38 @@ async def run_round(
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     result.wall_s = time.perf_counter() - started
+    return result
+
+
+async def interleaved_rounds(
+    client: httpx.AsyncClient,
+    urls: dict[str, str],
+    bodies: dict[str, list[bytes]],
+    concurrency: int,
+    rounds: int,
+    requests: int,
+    pause_s: float,
+    after_round: Callable[[], None] | None = None,
+) -> dict[str, list[Round]]:
+    """``rounds`` rounds of :func:`run_round` per server (name → URL), interleaved.
+
+    Which server goes first alternates round by round, each round starts after ``pause_s``
+    (the other server's thread pools settle), and in a round every server gets the same
+    requests in the same order (``bodies[name]`` from the same offset), so the machine's slow
+    stretches hit all of them. ``after_round`` runs after each round (a load reading).
+    """
+    names = list(urls)
+    result: dict[str, list[Round]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            await asyncio.sleep(pause_s)
+            result[name].append(
+                await run_round(
+                    client, urls[name], bodies[name], concurrency, requests, round_ * requests
+                )
+            )
+        if after_round is not None:
+            after_round()
     return result
 
 
