@@ -48,7 +48,8 @@ def shrink_on_load(image: Image.Image, hint: SizeHint) -> tuple[int, int] | None
     need = (size[0] * SHRINK_MARGIN, size[1] * SHRINK_MARGIN)
     if width < 2 * need[0] or height < 2 * need[1]:  # not even the 1/2 scale would do
         return None
-    image.draft(None, need[::-1] if transposed else need)
+    if image.draft(None, need[::-1] if transposed else need) is None:  # Pillow declined
+        return None
     return width, height
 
 
