@@ -1,8 +1,8 @@
 """Phone-camera photos: decoding a large JPEG at reduced scale against decoding every pixel.
 
-A 12 MP photo (4032x3024) for a model that resizes it to 224² (DINOv3) or ~700x518
-(Depth Anything V2) costs most of its request before the forward: the full decode, then an
-antialiased resize that reads every decoded pixel. With ``shrink_on_load`` (the default) the
+A 12 MP photo (4032x3024) for a model that resizes it to 224² (DINOv3), ~700x518
+(Depth Anything V2) or 504x378 (DA3) costs most of its request before the forward: the full
+decode, then a resize that reads every decoded pixel. With ``shrink_on_load`` (the default) the
 server decodes such a JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping at least twice the
 model's input per side (``engines.images.shrink_on_load``).
 
@@ -21,6 +21,7 @@ the map's range). ``--json OUT`` writes every figure.
 
     python benchmarks/bench_large_photos.py --family dinov3 --baseline
     python benchmarks/bench_large_photos.py --family depth-anything --concurrency 1 4
+    python benchmarks/bench_large_photos.py --family depth-anything --variant small  # DA3
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,31 +76,41 @@ def bodies(family: str, variant: str, photos: list[bytes], ours: bool) -> list[b
     ]
 
 
-def pixel_drift(family: str, photo: bytes) -> dict[str, Any]:
+def pixel_drift(family: str, variant: str, photo: bytes) -> dict[str, Any]:
     """What the model's input loses to the shrink, in grey levels (independent of weights).
 
-    The family's own pre-processing (DINOv3: 224², Depth Anything V2: its released recipe) of
-    the photo decoded at every pixel and at the scale the server picks, back to 0-255.
+    The variant's own pre-processing (DINOv3: 224²; Depth Anything V2: its released recipe;
+    DA3: longest side 504) of the photo decoded at every pixel and at the scale the server
+    picks, back to 0-255.
     """
     from PIL import Image
 
     from engines.base import SizeHint
+    from engines.families.depth_anything.da3 import da3_input_size, preprocess_da3
     from engines.families.depth_anything.v2 import DptPreprocessing
     from engines.families.dinov3.pipeline import DEFAULT_PREPROCESSING, Preprocessing
-    from engines.images import SOURCE_SIZE, shrink_on_load
+    from engines.images import IMAGENET_STD, SOURCE_SIZE, shrink_on_load, source_size
 
+    recipe: Callable[[Image.Image], np.ndarray]
+    std: Sequence[float] = IMAGENET_STD
     if family == "dinov3":
-        recipe: Any = Preprocessing.from_config(DEFAULT_PREPROCESSING)
-        hint: SizeHint = lambda w, h: recipe.output_size(w, h)[::-1]  # noqa: E731
+        dinov3 = Preprocessing.from_config(DEFAULT_PREPROCESSING)
+        recipe, std = dinov3, dinov3.std or IMAGENET_STD
+        hint: SizeHint = lambda w, h: dinov3.output_size(w, h)[::-1]  # noqa: E731
+    elif variant == "small":
+        hint = da3_input_size
+        recipe = lambda image: preprocess_da3(  # noqa: E731
+            np.asarray(image), source_size=source_size(image)
+        ).numpy()
     else:
-        recipe = DptPreprocessing.from_config({})
-        hint = recipe.output_size
+        v2 = DptPreprocessing.from_config({})
+        recipe, std, hint = v2, v2.std or IMAGENET_STD, v2.output_size
     full = Image.open(io.BytesIO(photo)).convert("RGB")
     opened = Image.open(io.BytesIO(photo))
     source = shrink_on_load(opened, hint)
     small = opened.convert("RGB")
     small.info[SOURCE_SIZE] = source
-    scale = np.asarray(recipe.std, np.float32)[:, None, None] * 255
+    scale = np.asarray(std, np.float32)[:, None, None] * 255
     difference = np.abs(recipe(full) - recipe(small)) * scale
     return {
         "decoded_at": list(small.size),
@@ -219,6 +231,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--family", choices=["dinov3", "depth-anything"], default="dinov3")
+    parser.add_argument(
+        "--variant", help="default: the family's in harness.VARIANTS (depth: small is DA3-small)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--requests", type=int, default=12, help="requests per side and round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per concurrency")
@@ -234,7 +249,9 @@ def main() -> None:
         parser.error("--concurrency, --requests, --rounds and --warmup must be at least 1")
     if args.baseline and args.family != "dinov3":
         parser.error("--baseline is for --family dinov3")
-    args.variant = harness.VARIANTS[args.family]
+    args.variant = args.variant or harness.VARIANTS[args.family]
+    if (args.family, args.variant) not in harness.CHECKPOINT_NAMES:
+        parser.error(f"no benchmark checkpoint for {args.family} {args.variant}")
     name = harness.CHECKPOINT_NAMES[(args.family, args.variant)]
     config = checkpoints.prepare(args.checkpoints, [name])
     photos = [camera_photo(p, seed) for seed, p in enumerate(harness.PHOTOS)]
@@ -258,7 +275,7 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    result["pixel_drift"] = [pixel_drift(args.family, p) for p in photos]
+    result["pixel_drift"] = [pixel_drift(args.family, args.variant, p) for p in photos]
     _report(result, args.family)
     output = {
         "benchmark": "bench_large_photos",
