@@ -171,8 +171,9 @@ class Prepared:
 
     Attributes:
         arrays: The network inputs for this image, without a batch axis.
-        width: Width of the decoded input image.
-        height: Height of the decoded input image.
+        width: Width of the input image as sent (``engines.images.source_size``: also where
+            it was decoded at a reduced scale).
+        height: Its height, likewise.
         extra: Whatever post-processing needs (scales, padding...).
     """
 
