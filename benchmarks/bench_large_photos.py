@@ -277,21 +277,14 @@ def main() -> None:
             server.stop()
     result["pixel_drift"] = [pixel_drift(args.family, args.variant, p) for p in photos]
     _report(result, args.family)
-    output = {
-        "benchmark": "bench_large_photos",
-        "command": " ".join(sys.argv),
-        "machine": harness.machine(),
+    fields = {
         "family": args.family,
         "variant": args.variant,
         "photo": {"size": list(SIZE), "jpeg_bytes": [len(p) for p in photos]},
         "requests_per_round": args.requests,
         "rounds": args.rounds,
-        "wall_s": round(time.perf_counter() - started, 1),
-        **result,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(output, indent=2))
+    harness.write_report(args.json, "bench_large_photos", started, fields, result)
 
 
 if __name__ == "__main__":

@@ -367,21 +367,14 @@ def main() -> None:
             f"{o['server_inference_p50_ms']:>18.1f}{o['server_total_p50_ms']:>14.1f}"
         )
     print("paired: the median over rounds of (that round's p50 / the bare p50 of the same round)")
-    result = {
-        "benchmark": "bench_overhead",
-        "command": " ".join(sys.argv),
-        "machine": harness.machine(),
+    fields = {
         "family": FAMILY,
         "variant": VARIANT,
         "ours_env": user_env,
         "requests_per_round": args.requests,
         "rounds": args.rounds,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "rows": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    harness.write_report(args.json, "bench_overhead", started, fields, {"rows": rows})
 
 
 if __name__ == "__main__":

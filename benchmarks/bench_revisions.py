@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -167,22 +166,15 @@ def main() -> None:
             f"{row['paired_p50_ratio_median']:>8.2f}"
         )
     print("ratios: after / before; paired: the median over rounds of the same round's ratio")
-    result = {
-        "benchmark": "bench_revisions",
-        "command": " ".join(sys.argv),
-        "machine": machine,
+    fields = {
         "before": before,
         "family": args.family,
         "variant": args.variant,
         "env": harness.env_pairs(args.ours_env),
         "requests_per_round": args.requests,
         "rounds": args.rounds,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "rows": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    harness.write_report(args.json, "bench_revisions", started, fields, {"rows": rows}, machine)
 
 
 if __name__ == "__main__":

@@ -257,10 +257,7 @@ def main() -> None:
     print()
     print(_table(rows))
     print(f"\nours: {json.dumps(status)}")
-    result = {
-        "benchmark": "bench_serving",
-        "command": " ".join(sys.argv),
-        "machine": harness.machine(),
+    fields = {
         "family": args.family,
         "variant": variant,
         "ours_env": user_env,
@@ -269,12 +266,8 @@ def main() -> None:
         "ours_model_status": status,
         "requests_per_round": args.requests,
         "rounds": args.rounds,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "rows": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    harness.write_report(args.json, "bench_serving", started, fields, {"rows": rows})
 
 
 if __name__ == "__main__":

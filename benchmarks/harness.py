@@ -362,6 +362,34 @@ async def interleaved_rounds(
     return result
 
 
+def write_report(
+    path: Path | None,
+    benchmark: str,
+    started: float,
+    fields: dict[str, Any],
+    results: dict[str, Any],
+    machine_info: dict[str, Any] | None = None,
+) -> None:
+    """Write a benchmark's JSON report to ``path`` (nothing without one).
+
+    The report: the program's name, its command line, :func:`machine` (or ``machine_info``
+    already read), the run's ``fields``, the wall time since ``started`` (a
+    ``time.perf_counter()`` reading), then the ``results`` (``rows``...).
+    """
+    if path is None:
+        return
+    report = {
+        "benchmark": benchmark,
+        "command": " ".join(sys.argv),
+        "machine": machine_info or machine(),
+        **fields,
+        "wall_s": round(time.perf_counter() - started, 1),
+        **results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100), linear between closest ranks; NaN if empty."""
     if not values:
