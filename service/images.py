@@ -108,8 +108,14 @@ class ImageDecoder:
             return DeferredImage(functools.partial(self._pixels, index, data))
         return DeferredImage(functools.partial(self._base64_pixels, index, text))
 
-    def _pixels(self, index: int, data: bytes, hint: SizeHint | None) -> Image.Image:
-        image = self.decode_pixels(index, data, hint).image
+    def _pixels(
+        self,
+        index: int,
+        data: bytes,
+        hint: SizeHint | None,
+        decoded: Image.Image | None = None,
+    ) -> Image.Image:
+        image = self.decode_pixels(index, data, hint, decoded).image
         assert isinstance(image, Image.Image)
         return image
 
@@ -169,14 +175,7 @@ class ImageDecoder:
             or not decoded.data.startswith(JPEG_START)
         ):
             return image
-        return DeferredImage(functools.partial(self._again, index, decoded.data, image))
-
-    def _again(
-        self, index: int, data: bytes, image: Image.Image, hint: SizeHint | None
-    ) -> Image.Image:
-        decoded = self.decode_pixels(index, data, hint, decoded=image).image
-        assert isinstance(decoded, Image.Image)
-        return decoded
+        return DeferredImage(functools.partial(self._pixels, index, decoded.data, decoded=image))
 
     def decode_bytes(self, index: int, data: bytes) -> DecodedImage:
         """What the job queue carried: an image id reference, or image bytes to decode."""
