@@ -104,16 +104,25 @@ def resize_normalize(
     rescale_factor: float | None = 1 / 255,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    *,
+    uint8: bool = False,
 ) -> np.ndarray:
     """An RGB image rescaled, resized to ``size`` (height, width), normalised per channel.
 
-    The reference processors' order on float pixels: rescale → antialiased resize → normalise,
-    as a contiguous (3, H, W) float32 array. The resize reads the rescaled pixels where they
-    lie, channel-last (torch takes the permuted view as a channels-last tensor), so no
-    channel-first float copy is made before it: the same values, bit for bit, as resizing a
-    channel-first copy, 0.2 ms sooner for a 512² photo (torch was the fastest of PIL, numpy
-    and torch on this path).
+    Returns a contiguous (3, H, W) float32 array. By default in the order of the processors that
+    rescale first (DINOv3's): rescale → antialiased resize of the float pixels → normalise.
+    The resize reads the rescaled pixels where they lie, channel-last (torch takes the permuted
+    view as a channels-last tensor), so no channel-first float copy is made before it: the same
+    values, bit for bit, as resizing a channel-first copy, 0.2 ms sooner for a 512² photo
+    (torch was the fastest of PIL, numpy and torch on this path).
+
+    ``uint8``: resize the 8-bit pixels themselves, then rescale and normalise in one pass
+    (:func:`_resize_uint8`): the order of the processors that resize a uint8 image with
+    torchvision (SAM3's), whose pixels it gives; against the float order each value moves
+    by at most one grey level (0.25 on average), for a resize 4-5x faster.
     """
+    if uint8:
+        return _resize_uint8(image, size, mode, rescale_factor, mean, std)
     import torch
     import torch.nn.functional as F
 
@@ -134,3 +143,43 @@ def resize_normalize(
             :, None, None
         ]
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _resize_uint8(
+    image: Image.Image,
+    size: tuple[int, int],
+    mode: str,
+    rescale_factor: float | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> np.ndarray:
+    """:func:`resize_normalize` with the resize on the 8-bit pixels.
+
+    torch's native uint8 antialiased kernels (vectorised; the ones torchvision's ``resize``
+    calls for a uint8 image on CPU) read the pixels channel-last where they lie; rescaling and
+    normalising are one multiply-add per value into the channel-first output. A 512² photo to
+    224², one thread: 0.74 ms against 3.2 ms for the float order.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    # A writable copy (as fast as the read-only view here): torch warns on a read-only array.
+    rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+    resized = rgb.transpose(2, 0, 1)
+    if resized.shape[-2:] != tuple(size):
+        with torch.inference_mode():
+            tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+            resized = F.interpolate(
+                tensor, size=size, mode=mode, antialias=True, align_corners=False
+            )[0].numpy()
+    scale = np.full(3, 1.0 if rescale_factor is None else rescale_factor, np.float32)
+    shift = np.zeros(3, np.float32)
+    if mean is not None and std is not None:
+        means = np.array(mean, dtype=np.float32)
+        stds = np.array(std, dtype=np.float32)
+        scale /= stds
+        shift = np.divide(-means, stds, dtype=np.float32)
+    out = np.empty(resized.shape, np.float32)
+    np.multiply(resized, scale[:, None, None], out=out, dtype=np.float32)
+    out += shift[:, None, None]
+    return out

@@ -90,9 +90,15 @@ class Preprocessing:
         return cls.from_config({})
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """Pre-process an RGB image into a (3, H, W) float32 array."""
+        """Pre-process an RGB image into a (3, H, W) float32 array.
+
+        The 8-bit pixels are resized, then rescaled and normalised: the order of
+        ``Sam3ImageProcessor`` (torchvision's resize of the uint8 image), whose pixels this gives.
+        """
         mode = "bicubic" if self.resample == 3 else "bilinear"
-        return resize_normalize(image, self.size, mode, self.rescale_factor, self.mean, self.std)
+        return resize_normalize(
+            image, self.size, mode, self.rescale_factor, self.mean, self.std, uint8=True
+        )
 
 
 @dataclass(frozen=True)
