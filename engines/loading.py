@@ -42,6 +42,7 @@ class LoaderConfig:
             CPU has bf16 matrix units, ``check`` always (the check still decides), ``off``.
         image_cache_mb: Per-image cache budget of families that keep one (see ``LoadRequest``).
         image_cache_ttl_s: Seconds an unused entry of that cache is kept.
+        uint8_resize: See ``LoadRequest``.
     """
 
     dtype: str = "auto"
@@ -54,6 +55,7 @@ class LoaderConfig:
     cpu_bf16: str = "auto"
     image_cache_mb: float | None = 0.0
     image_cache_ttl_s: float = 600.0
+    uint8_resize: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class ModelLoader:
             self.config.hf_token,
             image_cache_mb=self.config.image_cache_mb,
             image_cache_ttl_s=self.config.image_cache_ttl_s,
+            uint8_resize=self.config.uint8_resize,
         )
         started = time.perf_counter()
         with load_errors(label, spec.source):

@@ -86,6 +86,8 @@ class PoolConfig:
             embeddings): 0 (the default here) keeps none, None the family's default for the
             device. The server's settings turn it on.
         image_cache_ttl_s: Seconds an unused entry of that cache is kept.
+        uint8_resize: Resize images as 8-bit pixels where a family's reference resizes float
+            ones (``LoadRequest.uint8_resize``).
         max_in_flight_per_model: Requests one loaded model takes at once; beyond it
             :meth:`ModelPool.run` refuses at once (503) rather than queueing without bound.
         task_budgets: ``"<model_type>/<task>"`` → device kind (``cpu``, ``cuda``) → the most
@@ -114,6 +116,7 @@ class PoolConfig:
     variants: dict[str, VariantTable] = field(default_factory=dict)
     image_cache_mb: float | None = 0.0
     image_cache_ttl_s: float = 600.0
+    uint8_resize: bool = True
     max_in_flight_per_model: int | None = 64
     task_budgets: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -211,6 +214,7 @@ class ModelPool:
                 cpu_bf16=config.cpu_bf16,
                 image_cache_mb=config.image_cache_mb,
                 image_cache_ttl_s=config.image_cache_ttl_s,
+                uint8_resize=config.uint8_resize,
             )
         )
         if config.keep_freed_memory:

@@ -59,6 +59,7 @@ def pool_config(settings: Settings) -> PoolConfig:
         cpu_bf16=runtime.cpu_bf16,
         image_cache_mb=runtime.sam3_cache_mb,  # only SAM3 keeps a per-image cache
         image_cache_ttl_s=runtime.sam3_cache_ttl_s,
+        uint8_resize=runtime.uint8_resize,
         variants=tables,
         task_budgets={
             "depth-anything/scene": {

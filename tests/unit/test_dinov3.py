@@ -124,3 +124,31 @@ def test_cpu_without_bf16_units_stays_float32_and_says_why(tiny_models: Path) ->
             "float32: auto on CPU; no bf16 matrix units here (AVX-512 BF16, AMX)"
         )
     asyncio.run(pool.close())
+
+
+def test_the_uint8_resize_setting_picks_the_resize_order(tiny_config: Path) -> None:
+    """``VISION_API_UINT8_RESIZE`` (on by default) reaches the loaded pipeline: on, the 8-bit
+    pixels are resized; off, the reference's float order. The embeddings differ only slightly."""
+    from engines.images import IMAGENET_MEAN, IMAGENET_STD, resize_normalize
+    from service.settings import Settings
+    from service.wiring import build_pool
+
+    assert Settings.load(tiny_config, environ={}).runtime.uint8_resize
+    image = Image.open(ASSETS / "rocket.jpg").convert("RGB")
+    embeddings = {}
+    for uint8 in (True, False):
+        environ = {"VISION_API_UINT8_RESIZE": str(uint8).lower(), "VISION_API_ENGINE": "torch"}
+        pool = build_pool(Settings.load(tiny_config, environ=environ))
+        try:
+            model = asyncio.run(pool.load("dinov3"))
+            prepared = model.pipeline.prepare(image, Options())
+            expected = resize_normalize(
+                image, (224, 224), "bilinear", 1 / 255, IMAGENET_MEAN, IMAGENET_STD, uint8=uint8
+            )
+            np.testing.assert_array_equal(prepared.arrays["pixel_values"], expected)
+            (result,) = asyncio.run(pool.infer("dinov3", None, [image], Options())).results
+            embeddings[uint8] = torch.tensor(result["embedding"])
+        finally:
+            asyncio.run(pool.close())
+    assert not torch.allclose(embeddings[True], embeddings[False], atol=1e-6)
+    assert F.cosine_similarity(embeddings[True], embeddings[False], dim=0) >= 0.999

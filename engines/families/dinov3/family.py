@@ -74,11 +74,12 @@ class Dinov3Family(Family):
             return {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
 
         core = TorchCore(model, {"model": run_model}, request.device, request.dtype)
-        return pipeline_for(core, path, config)
+        return pipeline_for(core, path, config, uint8_resize=request.uint8_resize)
 
     def load_onnx(self, request: LoadRequest, core: Any) -> Dinov3Pipeline:
         """The pipeline around exported graphs; the checkpoint gives config and pre-processing."""
         from transformers import AutoConfig
 
         path = resolve_checkpoint(request.spec.source, request.hf_token, allow_patterns=["*.json"])
-        return pipeline_for(core, path, AutoConfig.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        return pipeline_for(core, path, config, uint8_resize=request.uint8_resize)

@@ -45,9 +45,12 @@ class Preprocessing:
     rescale_factor: float | None
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
+    # Resize the 8-bit pixels (engines.images.resize_normalize's ``uint8``) instead of the
+    # rescaled float ones as DINOv3's processor does: LoadRequest.uint8_resize.
+    uint8_resize: bool = False
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Preprocessing:
+    def from_config(cls, config: dict[str, Any], *, uint8_resize: bool = False) -> Preprocessing:
         """Read a ``preprocessor_config.json`` dict (missing keys take the released values)."""
         merged = {**DEFAULT_PREPROCESSING, **config}
         size = merged.get("size") or {}
@@ -59,6 +62,7 @@ class Preprocessing:
             rescale_factor=float(merged["rescale_factor"]) if merged.get("do_rescale") else None,
             mean=tuple(merged["image_mean"]) if merged.get("do_normalize") else None,
             std=tuple(merged["image_std"]) if merged.get("do_normalize") else None,
+            uint8_resize=uint8_resize,
         )
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -74,7 +78,9 @@ class Preprocessing:
         """Pre-process an RGB image into a (3, H, W) float32 array."""
         size = self.output_size(*source_size(image))
         mode = "bicubic" if self.resample == 3 else "bilinear"
-        return resize_normalize(image, size, mode, self.rescale_factor, self.mean, self.std)
+        return resize_normalize(
+            image, size, mode, self.rescale_factor, self.mean, self.std, uint8=self.uint8_resize
+        )
 
 
 class Dinov3Pipeline(Pipeline[Dinov3Options]):
@@ -172,11 +178,16 @@ class Dinov3Pipeline(Pipeline[Dinov3Options]):
         self.forward([self.prepare(blank, options)], options)
 
 
-def pipeline_for(core: Any, path: Path, config: Any) -> Dinov3Pipeline:
-    """The pipeline around ``core`` for the checkpoint at ``path`` (its transformers config)."""
+def pipeline_for(
+    core: Any, path: Path, config: Any, *, uint8_resize: bool = False
+) -> Dinov3Pipeline:
+    """The pipeline around ``core`` for the checkpoint at ``path`` (its transformers config).
+
+    ``uint8_resize``: :attr:`Preprocessing.uint8_resize`.
+    """
     return Dinov3Pipeline(
         core,
-        load_preprocessing(path),
+        load_preprocessing(path, uint8_resize=uint8_resize),
         convnext=config.model_type == "dinov3_convnext",
         num_register_tokens=getattr(config, "num_register_tokens", 0),
         patch_size=getattr(config, "patch_size", 16),
@@ -184,8 +195,8 @@ def pipeline_for(core: Any, path: Path, config: Any) -> Dinov3Pipeline:
     )
 
 
-def load_preprocessing(path: Path) -> Preprocessing:
+def load_preprocessing(path: Path, *, uint8_resize: bool = False) -> Preprocessing:
     """The recipe in ``path/preprocessor_config.json``, or the released one if absent."""
     file = path / "preprocessor_config.json"
     config = json.loads(file.read_text()) if file.exists() else {}
-    return Preprocessing.from_config(config)
+    return Preprocessing.from_config(config, uint8_resize=uint8_resize)
