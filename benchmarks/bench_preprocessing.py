@@ -1,0 +1,160 @@
+"""Pre-processing in two orders: the 8-bit pixels resized, or the rescaled float ones.
+
+``engines.images.resize_normalize`` resizes either the float pixels after rescaling
+(DINOv3's reference processor) or the 8-bit pixels with torch's vectorised uint8 kernel, then
+rescales and normalises (torchvision's order for a uint8 image: SAM3's reference processor,
+and DINOv3's by default, ``VISION_API_UINT8_RESIZE``). For each recipe, on the serving
+benchmarks' photos (512² JPEGs, ``harness.square_photo``) and on the test photos as they are,
+the two orders are timed interleaved (rounds alternate which goes first) on one torch thread,
+as a helper thread or an ONNX model's compute thread runs them. Prints the p50s and float /
+uint8, and what the order changes: the model input in grey levels (mean and largest
+difference) and, for DINOv3 on the full-size random-weight checkpoint (``checkpoints.py``),
+the embedding's cosine between the orders (fp32, transformers' ``DINOv3ViTModel``).
+``--json OUT`` writes every figure.
+
+    python benchmarks/bench_preprocessing.py --json benchmarks/results/preprocessing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import checkpoints, harness  # noqa: E402  (after the path is set)
+
+# name → (size, mode, mean, std): the released recipes of the families that resize this way.
+RECIPES = {
+    "dinov3 224²": ((224, 224), "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "sam3 1008²": ((1008, 1008), "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def photos() -> dict[str, Any]:
+    """The serving benchmarks' 512² JPEGs and the test photos as they are, decoded to RGB."""
+    from PIL import Image
+
+    images = {}
+    for path in harness.PHOTOS:
+        square = Image.open(io.BytesIO(harness.square_photo(path)))
+        images[f"{path.stem} 512²"] = square.convert("RGB")
+        images[path.name] = Image.open(path).convert("RGB")
+    return images
+
+
+def interleaved_ms(
+    steps: Mapping[str, Callable[[], Any]], rounds: int, repeats: int
+) -> dict[str, float]:
+    """p50 milliseconds of each step over ``rounds`` x ``repeats`` calls, sides alternating."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                steps[name]()
+                times[name].append((time.perf_counter() - started) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def embedding_cosines(checkpoint: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """Cosine of the pooled embeddings of each (float order, uint8 order) input pair."""
+    import torch
+    from transformers import DINOv3ViTModel
+
+    model = DINOv3ViTModel.from_pretrained(checkpoint).eval()
+    cosines = []
+    with torch.inference_mode():
+        for float_order, uint8_order in pairs:
+            batch = torch.from_numpy(np.stack([float_order, uint8_order]))
+            pooled = model(pixel_values=batch).pooler_output
+            cosine = torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0)
+            cosines.append(float(cosine))
+    return cosines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--checkpoints", type=Path, default=checkpoints.DEFAULT_OUT)
+    parser.add_argument("--no-embedding", action="store_true", help="skip the model run")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    import torch
+
+    from engines.images import resize_normalize
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    dinov3_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    print(
+        f"{'recipe':<12} {'photo':<18} {'float ms':>9} {'uint8 ms':>9} {'ratio':>6}"
+        f" {'mean diff':>10} {'max diff':>9}  (grey levels)"
+    )
+    for recipe, (size, mode, mean, std) in RECIPES.items():
+        for name, image in photos().items():
+            orders = {
+                order: partial(
+                    resize_normalize, image, size, mode, 1 / 255, mean, std, uint8=order == "uint8"
+                )
+                for order in ("float", "uint8")
+            }
+            ms = interleaved_ms(orders, args.rounds, args.repeats)
+            float_order, uint8_order = orders["float"](), orders["uint8"]()
+            # Back to 0-255 units: the normalised difference times std, times 255.
+            levels = np.abs(uint8_order - float_order) * np.asarray(std)[:, None, None] * 255
+            row = {
+                "recipe": recipe,
+                "photo": name,
+                "source_size": list(image.size),
+                "float_ms": ms["float"],
+                "uint8_ms": ms["uint8"],
+                "float_over_uint8": ms["float"] / ms["uint8"],
+                "mean_grey_levels": float(levels.mean()),
+                "max_grey_levels": float(levels.max()),
+            }
+            rows.append(row)
+            if recipe.startswith("dinov3"):
+                dinov3_pairs.append((float_order, uint8_order))
+            print(
+                f"{recipe:<12} {name:<18} {ms['float']:>9.2f} {ms['uint8']:>9.2f}"
+                f" {row['float_over_uint8']:>5.2f}x {row['mean_grey_levels']:>10.3f}"
+                f" {row['max_grey_levels']:>9.3f}"
+            )
+    cosines: list[float] = []
+    if not args.no_embedding:
+        torch.set_num_threads(threads)
+        cosines = embedding_cosines(checkpoints.ensure(args.checkpoints, "dinov3"), dinov3_pairs)
+        print(
+            f"DINOv3 ViT-S/16 (random weights, fp32) embedding cosine, float vs uint8 order:"
+            f" min {min(cosines):.8f} (1 - cosine: largest {1 - min(cosines):.1e},"
+            f" mean {1 - statistics.mean(cosines):.1e})"
+        )
+    harness.write_report(
+        args.json,
+        "bench_preprocessing",
+        started,
+        {"rounds": args.rounds, "repeats": args.repeats, "torch_threads": 1},
+        {"rows": rows, "dinov3_embedding_cosines": cosines},
+    )
+
+
+if __name__ == "__main__":
+    main()
