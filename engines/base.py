@@ -59,10 +59,10 @@ class LoadRequest:
             device.
         image_cache_ttl_s: Seconds an unused entry of that cache is kept.
         uint8_resize: Resize images as 8-bit pixels (torch's vectorised uint8 kernel) where the
-            family's reference processor resizes float ones (DINOv3): 4x faster, each model
-            input value within one grey level of the reference's (0.25 on average). False: the
-            reference's float order. Families whose reference resizes 8-bit pixels (SAM3) do
-            so either way.
+            family's reference processor resizes float ones (DINOv3, bilinear): 3-4x faster,
+            each model input value within one grey level of the reference's (0.25 on
+            average). False: the reference's float order. Families whose reference resizes
+            8-bit pixels (SAM3) do so either way.
     """
 
     spec: VariantSpec

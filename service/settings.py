@@ -121,7 +121,7 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shrink_on_load: bool = True
     # Resize DINOv3's images as 8-bit pixels (torch's vectorised uint8 kernel, torchvision's
     # order for uint8 images) instead of the float pixels its reference processor resizes:
-    # 4x faster, each model input value within one grey level (0.25 on average); off: the
+    # 3-4x faster, each model input value within one grey level (0.25 on average); off: the
     # reference's float order. SAM3's reference resizes 8-bit pixels either way.
     uint8_resize: bool = True
     # Inference requests one loaded model takes at once; beyond it 503 with Retry-After.

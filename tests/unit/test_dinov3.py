@@ -152,3 +152,19 @@ def test_the_uint8_resize_setting_picks_the_resize_order(tiny_config: Path) -> N
             asyncio.run(pool.close())
     assert not torch.allclose(embeddings[True], embeddings[False], atol=1e-6)
     assert F.cosine_similarity(embeddings[True], embeddings[False], dim=0) >= 0.999
+
+
+def test_a_bicubic_recipe_keeps_the_float_order() -> None:
+    """8 bits would clip a bicubic resize's overshoot: the setting applies to bilinear only."""
+    from engines.images import resize_normalize
+
+    image = Image.open(ASSETS / "astronaut.png").convert("RGB")
+    config = {"resample": 3, "size": {"height": 160, "width": 160}}
+    recipe = Preprocessing.from_config(config, uint8_resize=True)
+    expected = resize_normalize(image, (160, 160), "bicubic", 1 / 255, recipe.mean, recipe.std)
+    np.testing.assert_array_equal(recipe(image), expected)
+    bilinear = Preprocessing.from_config({**config, "resample": 2}, uint8_resize=True)
+    uint8_order = resize_normalize(
+        image, (160, 160), "bilinear", 1 / 255, recipe.mean, recipe.std, uint8=True
+    )
+    np.testing.assert_array_equal(bilinear(image), uint8_order)

@@ -78,8 +78,11 @@ class Preprocessing:
         """Pre-process an RGB image into a (3, H, W) float32 array."""
         size = self.output_size(*source_size(image))
         mode = "bicubic" if self.resample == 3 else "bilinear"
+        # Bilinear only: a bicubic resize overshoots, and 8 bits clip it (up to ~19 grey levels
+        # off the float result at edges), far from the one level the setting promises.
+        uint8 = self.uint8_resize and mode == "bilinear"
         return resize_normalize(
-            image, size, mode, self.rescale_factor, self.mean, self.std, uint8=self.uint8_resize
+            image, size, mode, self.rescale_factor, self.mean, self.std, uint8=uint8
         )
 
 
