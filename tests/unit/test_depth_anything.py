@@ -18,7 +18,7 @@ from engines.base import LoadRequest, VariantSpec
 from engines.families.depth_anything.da3 import load_da3, preprocess_da3
 from engines.families.depth_anything.export import EXPORT
 from engines.families.depth_anything.family import DepthAnythingFamily
-from engines.families.depth_anything.maps import depth_to_png, png_to_depth
+from engines.families.depth_anything.maps import depth_to_png, png_to_depth, resize_depth
 from engines.families.depth_anything.options import DepthAnythingOptions
 from engines.families.depth_anything.pipeline import DepthNetwork, default_focal_px
 from engines.families.depth_anything.tiny import write_tiny
@@ -255,6 +255,32 @@ def test_png_is_16_bit_and_maps_back_to_min_max(pool: ModelPool) -> None:
     decoded_depth = png_to_depth(png["depth"], png["min"], png["max"])
     span = png["max"] - png["min"]
     assert np.abs(decoded_depth - np.asarray(array["depth"])).max() <= span / 65535
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    ("size", "new_size"),
+    [
+        ((518, 518), (512, 512)),
+        ((392, 518), (427, 640)),
+        ((512, 512), (256, 256)),
+        ((100, 100), (37, 41)),
+        ((14, 14), (4000, 100)),
+        ((37, 29), (1, 1)),
+    ],
+)
+def test_resize_depth_gives_transformers_interpolation(
+    mode: str, size: tuple[int, int], new_size: tuple[int, int]
+) -> None:
+    """``post_process_depth_estimation``'s ``F.interpolate`` (align_corners False, no
+    antialiasing), to float rounding, up and down, whatever the aspect."""
+    depth = np.random.default_rng(0).random(size, dtype=np.float32).cumsum(axis=1)
+    expected = F.interpolate(
+        torch.from_numpy(depth)[None, None], size=new_size, mode=mode, align_corners=False
+    )[0, 0].numpy()
+    got = resize_depth(depth, new_size[1], new_size[0], mode)
+    assert got.shape == new_size and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * float(np.ptp(depth)))
 
 
 def test_png_of_a_constant_map_is_zero() -> None:
