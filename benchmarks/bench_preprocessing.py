@@ -9,8 +9,10 @@ the two orders are timed interleaved (rounds alternate which goes first) on one 
 as a helper thread or an ONNX model's compute thread runs them. Prints the p50s and float /
 uint8, and what the order changes: the model input in grey levels (mean and largest
 difference) and, for DINOv3 on the full-size random-weight checkpoint (``checkpoints.py``),
-the embedding's cosine between the orders (fp32, transformers' ``DINOv3ViTModel``).
-``--json OUT`` writes every figure.
+the embedding's cosine between the orders (fp32, transformers' ``DINOv3ViTModel``). Then
+depth maps resized to the photo (V2 bicubic, DA3 bilinear): transformers' ``F.interpolate``
+against ours (``cv2.resize``), timed the same way, with the largest difference as a share of
+the map's range. ``--json OUT`` writes every figure.
 
     python benchmarks/bench_preprocessing.py --json benchmarks/results/preprocessing.json
 """
@@ -66,6 +68,42 @@ def interleaved_ms(
                 steps[name]()
                 times[name].append((time.perf_counter() - started) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def depth_resizes(rounds: int, repeats: int) -> list[dict[str, Any]]:
+    """Depth maps to the photo's size: transformers' ``F.interpolate`` (its
+    ``post_process_depth_estimation``) against ours (``maps.resize_depth``, ``cv2.resize``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from engines.families.depth_anything.maps import resize_depth
+
+    rows = []
+    print(f"\n{'depth map resize':<34} {'torch ms':>9} {'ours ms':>9} {'ratio':>6} {'max diff':>9}")
+    cases = [((518, 518), (512, 512)), ((392, 518), (427, 640)), ((378, 504), (3024, 4032))]
+    for (height, width), (out_h, out_w) in cases:
+        depth = np.random.default_rng(0).random((height, width), dtype=np.float32).cumsum(axis=1)
+        for mode in ("bicubic", "bilinear"):
+            tensor = torch.from_numpy(depth)[None, None]
+            sides: dict[str, Callable[[], Any]] = {
+                "torch": partial(
+                    F.interpolate, tensor, size=(out_h, out_w), mode=mode, align_corners=False
+                ),
+                "ours": partial(resize_depth, depth, out_w, out_h, mode),
+            }
+            ms = interleaved_ms(sides, rounds, repeats)
+            expected = sides["torch"]()[0, 0].numpy()
+            # As a share of the map's range.
+            diff = float(np.abs(sides["ours"]() - expected).max() / np.ptp(depth))
+            label = f"{height}x{width} -> {out_h}x{out_w} {mode}"
+            rows.append(
+                {"case": label, "torch_ms": ms["torch"], "ours_ms": ms["ours"], "max_diff": diff}
+            )
+            print(
+                f"{label:<34} {ms['torch']:>9.2f} {ms['ours']:>9.2f}"
+                f" {ms['torch'] / ms['ours']:>5.1f}x {diff:>9.1e}"
+            )
+    return rows
 
 
 def embedding_cosines(checkpoint: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
@@ -138,6 +176,7 @@ def main() -> None:
                 f" {row['float_over_uint8']:>5.2f}x {row['mean_grey_levels']:>10.3f}"
                 f" {row['max_grey_levels']:>9.3f}"
             )
+    resize_rows = depth_resizes(args.rounds, max(1, args.repeats // 4))
     cosines: list[float] = []
     if not args.no_embedding:
         torch.set_num_threads(threads)
@@ -152,7 +191,7 @@ def main() -> None:
         "bench_preprocessing",
         started,
         {"rounds": args.rounds, "repeats": args.repeats, "torch_threads": 1},
-        {"rows": rows, "dinov3_embedding_cosines": cosines},
+        {"rows": rows, "depth_resize_rows": resize_rows, "dinov3_embedding_cosines": cosines},
     )
 
 
