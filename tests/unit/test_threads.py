@@ -30,3 +30,17 @@ def test_torch_threads_sets_this_threads_count_and_restores_it(fail: bool) -> No
         assert compute.submit(_counts_inside_and_after, 2, fail).result() == (2, 2, 2)
     with ThreadPoolExecutor(1, initializer=init_helper_thread) as helper:
         assert helper.submit(_counts_inside_and_after, 1, fail).result() == (1, 1, 1)
+
+
+def test_a_helper_thread_leaves_opencv_one_thread() -> None:
+    """OpenCV's count is process-wide: a helper sets it to one (its pool spins after a call)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        with ThreadPoolExecutor(1, initializer=init_helper_thread) as helper:
+            helper.submit(int).result()
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
