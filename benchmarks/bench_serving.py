@@ -12,7 +12,9 @@ server p50 / p95 latency and images per second, and ours / baseline from the sam
 
 Our server runs out of the box (``engine`` and ``dtype`` auto) with an empty artifacts
 directory, so it serves torch unless ``--ours-env VISION_API_ARTIFACTS_DIR=DIR`` points at an
-export (``vision-api export dinov3 --config CONFIG --out DIR``).
+export (``vision-api export dinov3 --config CONFIG --out DIR``). On a CPU with bf16 units
+``auto`` then races the artifact against torch bf16 at load and may keep torch: add
+``--ours-env VISION_API_ENGINE=onnx`` for the artifact's own figures.
 
     python benchmarks/bench_serving.py --family dinov3 --json benchmarks/results/serving.json
     python benchmarks/bench_serving.py --family depth-anything --concurrency 4 16

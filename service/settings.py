@@ -97,7 +97,9 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # auto (float16 on CUDA; float32 on CPU, or bf16 where cpu_bf16 allows and its check
     # passes), float32, float16 or bfloat16.
     dtype: str = "auto"
-    # auto (ONNX Runtime where a valid artifact exists, else torch), onnx or torch.
+    # auto (ONNX Runtime where a valid artifact exists, else torch; on a CPU with bf16 units,
+    # with dtype auto, torch bf16 instead where it passes its gate and beats the artifact at
+    # load), onnx or torch.
     engine: str = "auto"
     # torch intra-op threads; 0: the machine's cores.
     torch_threads: Annotated[int, Meta(ge=0)] = 0

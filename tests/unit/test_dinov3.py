@@ -168,3 +168,103 @@ def test_a_bicubic_recipe_keeps_the_float_order() -> None:
         image, (160, 160), "bilinear", 1 / 255, recipe.mean, recipe.std, uint8=True
     )
     np.testing.assert_array_equal(bilinear(image), uint8_order)
+
+
+@pytest.fixture(scope="module")
+def dinov3_artifacts(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from engines.families.dinov3.family import Dinov3Family
+    from export.onnx_export import ExportOptions, export_variant
+    from export.parity import default_images
+
+    out = tmp_path_factory.mktemp("dinov3-artifacts")
+    spec = VariantSpec("t", str(tiny_models / "dinov3-tiny"))
+    export_variant(Dinov3Family(), spec, ExportOptions(out=out, images=default_images()))
+    return out
+
+
+def _artifact_pool(tiny_models: Path, artifacts: Path, engine: str, cpu_bf16: str) -> ModelPool:
+    spec = VariantSpec("t", str(tiny_models / "dinov3-tiny"))
+    config = PoolConfig(
+        engine=engine,
+        artifacts_dir=artifacts,
+        cpu_bf16=cpu_bf16,
+        variants={"dinov3": VariantTable("t", {"t": spec})},
+    )
+    return ModelPool(default_registry(), config)
+
+
+def test_auto_races_the_artifact_against_torch_bf16_and_keeps_what_it_measured(
+    tiny_models: Path, dinov3_artifacts: Path
+) -> None:
+    """Under ``engine: auto`` a CPU's bf16 check also races an ONNX artifact: the faster that
+    passes is served, with the figures that decided it ("check": even without bf16 units)."""
+    import re
+
+    pool = _artifact_pool(tiny_models, dinov3_artifacts, "auto", "check")
+    try:
+        model = asyncio.run(pool.load("dinov3"))
+        reason = model.dtype_reason or ""
+        timing = re.search(r"\((\d+) vs ONNX fp32 (\d+) ms on \d+ photos\)", reason)
+        if model.engine == "torch":  # bf16 passed its gate against ONNX's results and was faster
+            assert model.dtype == "bfloat16" and reason.startswith("bfloat16: passed"), reason
+            assert timing and int(timing[1]) <= int(timing[2]), reason
+            assert model.fallback_reason == "the ONNX fp32 artifact: torch bf16 ran faster"
+            assert model.placement == {"model": "torch"}
+        else:
+            assert model.engine == "onnx" and model.dtype == "fp32", reason
+            assert reason.startswith("ONNX fp32 artifact") and "; torch bf16 " in reason, reason
+            assert "failed its gate" in reason or (timing and int(timing[1]) >= int(timing[2]))
+            assert model.placement == {"model": "onnx"}
+        (result,) = asyncio.run(
+            pool.infer("dinov3", None, [Image.open(ASSETS / "rocket.jpg")], Options())
+        ).results
+        assert len(result["embedding"]) == result["dim"] > 0  # served by what was kept
+    finally:
+        asyncio.run(pool.close())
+
+
+@pytest.mark.parametrize(("engine", "cpu_bf16"), [("onnx", "check"), ("auto", "off")])
+def test_an_artifact_is_kept_without_a_race_when_asked_for_or_the_check_is_off(
+    tiny_models: Path, dinov3_artifacts: Path, engine: str, cpu_bf16: str
+) -> None:
+    pool = _artifact_pool(tiny_models, dinov3_artifacts, engine, cpu_bf16)
+    try:
+        model = asyncio.run(pool.load("dinov3"))
+        assert model.engine == "onnx" and model.dtype == "fp32"
+        assert "torch bf16" not in (model.dtype_reason or "") and model.fallback_reason is None
+    finally:
+        asyncio.run(pool.close())
+
+
+def test_a_slower_artifact_loses_the_race_to_torch_bf16(
+    tiny_models: Path, dinov3_artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branch where torch bf16 wins, whatever this CPU's speeds: ONNX Runtime's runs are
+    made 30 ms slower (really: a sleep inside each run), so torch bf16 is the faster."""
+    import time
+
+    from engines.onnx_runtime import OrtCore
+
+    run = OrtCore.run
+
+    def slower(self: OrtCore, *args: object, **kwargs: object) -> object:
+        time.sleep(0.03)
+        return run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OrtCore, "run", slower)
+    pool = _artifact_pool(tiny_models, dinov3_artifacts, "auto", "check")
+    try:
+        model = asyncio.run(pool.load("dinov3"))
+        assert model.engine == "torch" and model.dtype == "bfloat16", model.dtype_reason
+        assert (model.dtype_reason or "").startswith("bfloat16: passed (embedding_cosine_min")
+        assert " vs ONNX fp32 " in (model.dtype_reason or "")
+        assert model.fallback_reason == "the ONNX fp32 artifact: torch bf16 ran faster"
+        assert model.placement == {"model": "torch"}
+        status = next(e for e in pool.status() if e["loaded"])
+        assert (status["engine"], status["dtype"]) == ("torch", "bfloat16")
+        outcome = asyncio.run(
+            pool.infer("dinov3", None, [Image.open(ASSETS / "rocket.jpg")], Options())
+        )
+        assert outcome.model.engine == "torch" and len(outcome.results[0]["embedding"]) > 0
+    finally:
+        asyncio.run(pool.close())
