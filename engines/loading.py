@@ -365,29 +365,34 @@ def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -
 
     images = [Image.open(ASSETS / name).convert("RGB") for name in family.precision_photos]
     options = family.precision_options()
-    candidate = family.load_torch(dataclasses.replace(request, dtype="bfloat16"))
+    onnx = loaded.engine != "torch"
+    candidate: Pipeline[Any] | None = None
     fp32_ms: list[float] = []
     bf16_ms: list[float] = []
     try:
+        candidate = family.load_torch(dataclasses.replace(request, dtype="bfloat16"))
         candidate.warmup()
         reference = _timed(loaded.pipeline, images, options, fp32_ms)
         results = _timed(candidate, images, options, bf16_ms)
         _timed(loaded.pipeline, images, options, fp32_ms)
         _timed(candidate, images, options, bf16_ms)
         metrics = family.precision_metrics(reference, results)
-    except Exception as exc:  # a kernel without bf16 support, say: serve float32, say why
+    except Exception as exc:  # a kernel without bf16 support, say: serve what was loaded
         log.warning("%s/%s: the bf16 check failed", family.name, request.spec.name, exc_info=True)
-        candidate.close()
-        reason = f"float32: the bf16 check failed ({type(exc).__name__}; the server log has why)"
+        if candidate is not None:
+            candidate.close()
+        failed_check = f"the bf16 check failed ({type(exc).__name__}; the server log has why)"
+        reason = f"{loaded.dtype_reason}; {failed_check}" if onnx else f"float32: {failed_check}"
         return dataclasses.replace(loaded, dtype_reason=reason, check_bf16=False)
     except BaseException:
-        candidate.close()
+        if candidate is not None:
+            candidate.close()
         raise
     finally:
         loaded.pipeline.reset_caches()
-        candidate.reset_caches()
+        if candidate is not None:
+            candidate.reset_caches()
     figures = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
-    onnx = loaded.engine != "torch"
     against = f"ONNX {loaded.dtype} " if onnx else ""
     timing = f"{min(bf16_ms):.0f} vs {against}{min(fp32_ms):.0f} ms on {len(images)} photos"
     failed = failed_gates(family.precision_gates, metrics)

@@ -111,6 +111,34 @@ class NoBf16Family(GateFamily):
         return pipeline
 
 
+class NoBf16LoadFamily(GateFamily):
+    """Passes any gate, but its bf16 weights cannot even be loaded."""
+
+    precision_gates = {"always": (">=", 0.0)}
+
+    def precision_metrics(self, reference: Any, candidate: Any) -> dict[str, float]:
+        return {"always": 1.0}
+
+    def load_torch(self, request: LoadRequest) -> GatePipeline:
+        if request.dtype == "bfloat16":
+            raise RuntimeError("no bf16 weights")
+        return super().load_torch(request)
+
+
+def test_a_bf16_load_that_fails_leaves_float32_serving_and_says_why() -> None:
+    pool = ModelPool(gate_registry(NoBf16LoadFamily(load_s=0)), PoolConfig(cpu_bf16="check"))
+    try:
+        model = asyncio.run(pool.load("gate"))
+        assert model.dtype == "float32"
+        assert model.dtype_reason == (
+            "float32: the bf16 check failed (RuntimeError; the server log has why)"
+        )
+        (result,) = asyncio.run(pool.infer("gate", None, [_photo()], None)).results
+        assert result["batch"] == 1
+    finally:
+        asyncio.run(pool.close())
+
+
 def test_a_bf16_run_that_fails_leaves_float32_serving_and_says_why() -> None:
     family = NoBf16Family(load_s=0)
     pool = ModelPool(gate_registry(family), PoolConfig(cpu_bf16="check"))
