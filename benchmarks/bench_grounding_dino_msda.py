@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -38,20 +36,6 @@ if str(ROOT) not in sys.path:
 from benchmarks import checkpoints, harness  # noqa: E402  (after the path is set)
 
 PROMPTS = ["cat", "person", "rocket"]
-
-
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each run, in A B B A order after one untimed call of each."""
-    names = list(runs)
-    for name in names:
-        runs[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
-            runs[name]()
-            seconds[name].append(time.perf_counter() - started)
-    return seconds
 
 
 def kernel_inputs(shapes: list[tuple[int, int]], generator: Any) -> tuple[Any, ...]:
@@ -138,7 +122,7 @@ def main() -> None:
         value, locations, weights = kernel_inputs(shapes, torch.Generator().manual_seed(0))
         own = MultiScaleDeformableAttention()
         spatial = torch.tensor(shapes)
-        seconds = interleaved(
+        seconds = harness.interleaved_calls(
             {
                 "transformers": lambda: own(value, spatial, shapes, None, locations, weights, 64),
                 "gathered": lambda: gathered_deformable_attention(
@@ -165,7 +149,9 @@ def main() -> None:
             ) -> None:
                 out[name] = models[name](pixel_values=pv, pixel_mask=pm, **text_inputs)
 
-            seconds = interleaved({name: (lambda n=name: run(n)) for name in models}, args.repeats)
+            seconds = harness.interleaved_calls(
+                {name: (lambda n=name: run(n)) for name in models}, args.repeats
+            )
             times = {name: median(s) for name, s in seconds.items()}
             drift = compare(outputs["transformers"], outputs["ours"])
             row = {

@@ -59,15 +59,8 @@ def interleaved_ms(
     steps: Mapping[str, Callable[[], Any]], rounds: int, repeats: int
 ) -> dict[str, float]:
     """p50 milliseconds of each step over ``rounds`` x ``repeats`` calls, sides alternating."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for round_ in range(rounds):
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            for _ in range(repeats):
-                started = time.perf_counter()
-                steps[name]()
-                times[name].append((time.perf_counter() - started) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    seconds = harness.interleaved_calls(steps, rounds, repeats)
+    return {name: statistics.median(values) * 1e3 for name, values in seconds.items()}
 
 
 def depth_resizes(rounds: int, repeats: int) -> list[dict[str, Any]]:

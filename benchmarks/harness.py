@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -360,6 +360,25 @@ async def interleaved_rounds(
         if after_round is not None:
             after_round()
     return result
+
+
+def interleaved_calls(
+    runs: Mapping[str, Callable[[], Any]], rounds: int, per_turn: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each run, in-process: one untimed call of each, then ``rounds``
+    turns each in A B B A order (a drifting machine slows all alike), ``per_turn`` calls back
+    to back per turn."""
+    names = list(runs)
+    for name in names:
+        runs[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            for _ in range(per_turn):
+                started = time.perf_counter()
+                runs[name]()
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
 
 
 def write_report(
