@@ -367,14 +367,14 @@ def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -
     options = family.precision_options()
     onnx = loaded.engine != "torch"
     candidate: Pipeline[Any] | None = None
-    fp32_ms: list[float] = []
+    loaded_ms: list[float] = []
     bf16_ms: list[float] = []
     try:
         candidate = family.load_torch(dataclasses.replace(request, dtype="bfloat16"))
         candidate.warmup()
-        reference = _timed(loaded.pipeline, images, options, fp32_ms)
+        reference = _timed(loaded.pipeline, images, options, loaded_ms)
         results = _timed(candidate, images, options, bf16_ms)
-        _timed(loaded.pipeline, images, options, fp32_ms)
+        _timed(loaded.pipeline, images, options, loaded_ms)
         _timed(candidate, images, options, bf16_ms)
         metrics = family.precision_metrics(reference, results)
     except Exception as exc:  # a kernel without bf16 support, say: serve what was loaded
@@ -394,9 +394,9 @@ def choose_cpu_precision(family: Family, request: LoadRequest, loaded: Loaded) -
             candidate.reset_caches()
     figures = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
     against = f"ONNX {loaded.dtype} " if onnx else ""
-    timing = f"{min(bf16_ms):.0f} vs {against}{min(fp32_ms):.0f} ms on {len(images)} photos"
+    timing = f"{min(bf16_ms):.0f} vs {against}{min(loaded_ms):.0f} ms on {len(images)} photos"
     failed = failed_gates(family.precision_gates, metrics)
-    if failed or min(bf16_ms) >= min(fp32_ms):
+    if failed or min(bf16_ms) >= min(loaded_ms):
         candidate.close()
         why = f"failed its gate ({'; '.join(failed)})" if failed else f"was not faster ({timing})"
         reason = f"{loaded.dtype_reason}; torch bf16 {why}" if onnx else f"float32: bf16 {why}"
