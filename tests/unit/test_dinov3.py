@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,10 +160,10 @@ def test_a_bicubic_recipe_keeps_the_float_order() -> None:
 
     image = Image.open(ASSETS / "astronaut.png").convert("RGB")
     config = {"resample": 3, "size": {"height": 160, "width": 160}}
-    recipe = Preprocessing.from_config(config, uint8_resize=True)
+    recipe = replace(Preprocessing.from_config(config), uint8_resize=True)
     expected = resize_normalize(image, (160, 160), "bicubic", 1 / 255, recipe.mean, recipe.std)
     np.testing.assert_array_equal(recipe(image), expected)
-    bilinear = Preprocessing.from_config({**config, "resample": 2}, uint8_resize=True)
+    bilinear = replace(Preprocessing.from_config({**config, "resample": 2}), uint8_resize=True)
     uint8_order = resize_normalize(
         image, (160, 160), "bilinear", 1 / 255, recipe.mean, recipe.std, uint8=True
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class Preprocessing:
     uint8_resize: bool = False
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, uint8_resize: bool = False) -> Preprocessing:
+    def from_config(cls, config: dict[str, Any]) -> Preprocessing:
         """Read a ``preprocessor_config.json`` dict (missing keys take the released values)."""
         merged = {**DEFAULT_PREPROCESSING, **config}
         size = merged.get("size") or {}
@@ -62,7 +62,6 @@ class Preprocessing:
             rescale_factor=float(merged["rescale_factor"]) if merged.get("do_rescale") else None,
             mean=tuple(merged["image_mean"]) if merged.get("do_normalize") else None,
             std=tuple(merged["image_std"]) if merged.get("do_normalize") else None,
-            uint8_resize=uint8_resize,
         )
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -190,7 +189,7 @@ def pipeline_for(
     """
     return Dinov3Pipeline(
         core,
-        load_preprocessing(path, uint8_resize=uint8_resize),
+        replace(load_preprocessing(path), uint8_resize=uint8_resize),
         convnext=config.model_type == "dinov3_convnext",
         num_register_tokens=getattr(config, "num_register_tokens", 0),
         patch_size=getattr(config, "patch_size", 16),
@@ -198,8 +197,8 @@ def pipeline_for(
     )
 
 
-def load_preprocessing(path: Path, *, uint8_resize: bool = False) -> Preprocessing:
+def load_preprocessing(path: Path) -> Preprocessing:
     """The recipe in ``path/preprocessor_config.json``, or the released one if absent."""
     file = path / "preprocessor_config.json"
     config = json.loads(file.read_text()) if file.exists() else {}
-    return Preprocessing.from_config(config, uint8_resize=uint8_resize)
+    return Preprocessing.from_config(config)
