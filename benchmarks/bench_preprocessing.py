@@ -12,7 +12,12 @@ difference) and, for DINOv3 on the full-size random-weight checkpoint (``checkpo
 the embedding's cosine between the orders (fp32, transformers' ``DINOv3ViTModel``). Then
 depth maps resized to the photo (V2 bicubic, DA3 bilinear): transformers' ``F.interpolate``
 against ours (``cv2.resize``), timed the same way, with the largest difference as a share of
-the map's range. ``--json OUT`` writes every figure.
+the map's range. Last, depth maps encoded as the API's 16-bit PNG: the float64 levels as
+whole-map temporaries and Pillow's encoder at zlib level 1 (adaptive row filters) against ours
+(``maps.depth_to_png``: the levels in blocks, OpenCV's encoder, every row filtered Up), on a
+synthetic scene (a ground plane, a box, a curved surface, a little noise) and on a noisier map,
+each made at network size and resized up to the photo as the service does; ms, MB, and
+whether both decode to the same levels. ``--json OUT`` writes every figure.
 
     python benchmarks/bench_preprocessing.py --json benchmarks/results/preprocessing.json
 """
@@ -99,6 +104,76 @@ def depth_resizes(rounds: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def depth_maps() -> dict[str, np.ndarray]:
+    """Depth maps at network size, resized up to a photo as the service does (bicubic)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:518, 0:693].astype(np.float32)
+    scene = 1.0 / (0.2 + y / 518)  # a ground plane: inverse depth rising to the bottom
+    scene[100:300, 100:250] = 3.0 + x[100:300, 100:250] / 500  # a box facing the camera
+    scene[50:200, 400:600] = 1.5 + 0.3 * np.sin(y[50:200, 400:600] / 20)  # a curved surface
+    scene += 0.002 * rng.standard_normal(scene.shape).astype(np.float32)
+    noisy = np.sin(x / 40) + np.cos(y / 25) + 0.02 * rng.standard_normal(x.shape)
+    maps = {}
+    for name, depth in (("scene", scene), ("noisy", noisy.astype(np.float32))):
+        for height, width in ((427, 640), (3024, 4032)):
+            resized = cv2.resize(depth, (width, height), interpolation=cv2.INTER_CUBIC)
+            maps[f"{name} {height}x{width}"] = resized
+    return maps
+
+
+def pillow_png(depth: np.ndarray, low: float, high: float) -> bytes:
+    """The encoder before session 12: whole-map float64 levels, Pillow at zlib level 1."""
+    from PIL import Image
+
+    scaled = (depth.astype(np.float64) - low) / (high - low) * 65535
+    levels = np.clip(np.rint(scaled), 0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
+    """Depth maps as the API's 16-bit PNG: Pillow (before) against ``maps.depth_to_png``."""
+    import base64
+
+    from PIL import Image
+
+    from engines.families.depth_anything.maps import depth_to_png
+
+    rows = []
+    print(
+        f"\n{'depth map as 16-bit PNG':<24} {'Pillow ms':>9} {'ours ms':>9} {'ratio':>6}"
+        f" {'Pillow MB':>9} {'ours MB':>9} {'same levels':>11}"
+    )
+    for name, depth in depth_maps().items():
+        low, high = float(depth.min()), float(depth.max())
+        sides: dict[str, Callable[[], Any]] = {
+            "pillow": partial(pillow_png, depth, low, high),
+            "ours": lambda d=depth, lo=low, hi=high: base64.b64decode(depth_to_png(d, lo, hi)),
+        }
+        turns = max(1, repeats // 8) if depth.size > 10**6 else repeats
+        ms = interleaved_ms(sides, max(2, rounds // 2) if depth.size > 10**6 else rounds, turns)
+        encoded = {side: run() for side, run in sides.items()}
+        decoded = [np.asarray(Image.open(io.BytesIO(data))) for data in encoded.values()]
+        row = {
+            "map": name,
+            "pillow_ms": ms["pillow"],
+            "ours_ms": ms["ours"],
+            "pillow_mb": len(encoded["pillow"]) / 1e6,
+            "ours_mb": len(encoded["ours"]) / 1e6,
+            "same_levels": bool(np.array_equal(*decoded)),
+        }
+        rows.append(row)
+        print(
+            f"{name:<24} {row['pillow_ms']:>9.1f} {row['ours_ms']:>9.1f}"
+            f" {row['pillow_ms'] / row['ours_ms']:>5.2f}x {row['pillow_mb']:>9.2f}"
+            f" {row['ours_mb']:>9.2f} {row['same_levels']!s:>11}"
+        )
+    return rows
+
+
 def embedding_cosines(checkpoint: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
     """Cosine of the pooled embeddings of each (float order, uint8 order) input pair."""
     import torch
@@ -170,6 +245,7 @@ def main() -> None:
                 f" {row['max_grey_levels']:>9.3f}"
             )
     resize_rows = depth_resizes(args.rounds, max(1, args.repeats // 4))
+    png_rows = depth_pngs(args.rounds, args.repeats)
     cosines: list[float] = []
     if not args.no_embedding:
         torch.set_num_threads(threads)
@@ -184,7 +260,12 @@ def main() -> None:
         "bench_preprocessing",
         started,
         {"rounds": args.rounds, "repeats": args.repeats, "torch_threads": 1},
-        {"rows": rows, "depth_resize_rows": resize_rows, "dinov3_embedding_cosines": cosines},
+        {
+            "rows": rows,
+            "depth_resize_rows": resize_rows,
+            "depth_png_rows": png_rows,
+            "dinov3_embedding_cosines": cosines,
+        },
     )
 
 

@@ -288,6 +288,26 @@ def test_resize_depth_gives_transformers_interpolation(
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
 
 
+@pytest.mark.parametrize("shape", [(4000, 37), (3, 70_000), (1, 1), (427, 640)])
+def test_png_levels_are_the_formula_exactly(shape: tuple[int, int]) -> None:
+    """``round((d - low) / (high - low) * 65535)`` in float64, clipped, whatever the map's shape
+    (the levels are computed in blocks of rows: several blocks and a partial last one, rows
+    wider than a block, one pixel); OpenCV's PNG decodes to them in Pillow, as 16-bit."""
+    depth = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 40 + 3
+    low, high = float(np.quantile(depth, 0.01)), float(np.quantile(depth, 0.99))
+    if depth.size == 1:
+        low, high = float(depth[0, 0]) - 1, float(depth[0, 0]) + 0.3
+    scaled = (depth.astype(np.float64) - low) / (high - low) * 65535
+    expected = np.clip(np.rint(scaled), 0, 65535).astype(np.uint16)
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(depth_to_png(depth, low, high)))) as decoded:
+        assert decoded.mode.startswith("I;16") and decoded.size == shape[::-1]
+        np.testing.assert_array_equal(np.asarray(decoded), expected)
+    assert 0 in expected and 65535 in expected or depth.size == 1  # both clips were exercised
+
+
 def test_png_of_a_constant_map_is_zero() -> None:
     encoded = depth_to_png(np.full((3, 4), 2.5, np.float32), 2.5, 2.5)
     np.testing.assert_array_equal(png_to_depth(encoded, 2.5, 2.5), np.full((3, 4), 2.5))
