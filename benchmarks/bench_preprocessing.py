@@ -17,7 +17,9 @@ whole-map temporaries and Pillow's encoder at zlib level 1 (adaptive row filters
 (``maps.depth_to_png``: the levels in blocks, OpenCV's encoder, every row filtered Up), on a
 synthetic scene (a ground plane, a box, a curved surface, a little noise) and on a noisier map,
 each made at network size and resized up to the photo as the service does; ms, MB, and
-whether both decode to the same levels. ``--json OUT`` writes every figure.
+whether both decode to the same levels; and the visualizations (each test photo's depth panel,
+the photo beside that scene's map in turbo) as an RGB PNG, Pillow at level 1 against ours
+(``visualize.encode_png``: OpenCV, rows filtered Up). ``--json OUT`` writes every figure.
 
     python benchmarks/bench_preprocessing.py --json benchmarks/results/preprocessing.json
 """
@@ -174,6 +176,56 @@ def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def visualization_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
+    """Depth panels of the test photos as PNG: Pillow at level 1 against ``encode_png``."""
+    import base64
+
+    import cv2
+    from PIL import Image
+
+    from engines import visualize
+
+    scene = depth_maps()["scene 427x640"]
+    rows = []
+    print(
+        f"\n{'visualization as PNG':<24} {'Pillow ms':>9} {'ours ms':>9} {'ratio':>6}"
+        f" {'Pillow MB':>9} {'ours MB':>9} {'same pixels':>11}"
+    )
+    for path in harness.PHOTOS:
+        photo = Image.open(path).convert("RGB")
+        depth = cv2.resize(scene, photo.size, interpolation=cv2.INTER_CUBIC)
+        panel = visualize.depth_panel(photo, depth, near_is_high=True)
+
+        def pillow(image: Image.Image = panel) -> bytes:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=1)
+            return buffer.getvalue()
+
+        sides: dict[str, Callable[[], Any]] = {
+            "pillow": pillow,
+            "ours": lambda image=panel: base64.b64decode(visualize.encode_png(image)),
+        }
+        ms = interleaved_ms(sides, rounds, repeats)
+        encoded = {side: run() for side, run in sides.items()}
+        decoded = [np.asarray(Image.open(io.BytesIO(data))) for data in encoded.values()]
+        name = f"{path.name} {panel.width}x{panel.height}"
+        row = {
+            "panel": name,
+            "pillow_ms": ms["pillow"],
+            "ours_ms": ms["ours"],
+            "pillow_mb": len(encoded["pillow"]) / 1e6,
+            "ours_mb": len(encoded["ours"]) / 1e6,
+            "same_pixels": bool(np.array_equal(*decoded)),
+        }
+        rows.append(row)
+        print(
+            f"{name:<24} {row['pillow_ms']:>9.1f} {row['ours_ms']:>9.1f}"
+            f" {row['pillow_ms'] / row['ours_ms']:>5.2f}x {row['pillow_mb']:>9.2f}"
+            f" {row['ours_mb']:>9.2f} {row['same_pixels']!s:>11}"
+        )
+    return rows
+
+
 def embedding_cosines(checkpoint: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
     """Cosine of the pooled embeddings of each (float order, uint8 order) input pair."""
     import torch
@@ -246,6 +298,7 @@ def main() -> None:
             )
     resize_rows = depth_resizes(args.rounds, max(1, args.repeats // 4))
     png_rows = depth_pngs(args.rounds, args.repeats)
+    visualization_rows = visualization_pngs(args.rounds, args.repeats)
     cosines: list[float] = []
     if not args.no_embedding:
         torch.set_num_threads(threads)
@@ -264,6 +317,7 @@ def main() -> None:
             "rows": rows,
             "depth_resize_rows": resize_rows,
             "depth_png_rows": png_rows,
+            "visualization_png_rows": visualization_rows,
             "dinov3_embedding_cosines": cosines,
         },
     )

@@ -118,3 +118,11 @@ def test_labels_stay_inside_small_images() -> None:
     visualize.draw_label(small, (35, 28), "a long label 0.99", (200, 0, 0))
     out = pixels(small)
     assert (out == (200, 0, 0)).all(axis=2).any()
+
+
+def test_png_is_the_image_exactly() -> None:
+    """Lossless, in RGB order (OpenCV encodes BGR), whatever the image's mode."""
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for image in (Image.fromarray(rgb, "RGB"), Image.fromarray(rgb, "RGB").convert("RGBA")):
+        decoded = decode(visualize.encode_png(image))
+        assert decoded.mode == "RGB" and (pixels(decoded) == rgb).all()
