@@ -16,6 +16,7 @@ inference service in the device's default dtype (``dtype: auto``: float16 on CUD
   batcher formed.
 
     python benchmarks/bench_batcher_device.py --device cuda --json results/batcher_h100.json
+    bash benchmarks/gpu_session.sh run   # on a lent GPU, both families (see that script)
     python benchmarks/bench_batcher_device.py --device cpu --concurrency 1 4 --requests 16
 """
 
