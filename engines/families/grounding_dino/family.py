@@ -49,7 +49,9 @@ class GroundingDinoFamily(Family):
     # No bf16 check on CPU (float32 always): torch 2.13's bf16 CPU path of the deformable
     # attention's grid sampling read out of bounds and killed the server process (SIGSEGV in
     # libtorch_cpu) on the full-size model, and bf16 ran slower than float32 there anyway
-    # (11.0 vs 8.5 s per 800x1202 image on the 2-core AVX-512 BF16 machine, 2026-12-06).
+    # (11.0 vs 8.5 s per 800x1202 image on the 2-core AVX-512 BF16 machine, 2026-12-06). With
+    # the gathered attention (no grid sampling) it no longer crashes, but it is still slower
+    # (16-18 vs 13-14 s for two photos) and its scores are NaN (2026-12-07, RESULTS.md).
 
     def check_options(
         self, spec: VariantSpec, hf_token: str | None, options: GroundingDinoOptions
