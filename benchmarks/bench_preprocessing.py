@@ -136,43 +136,57 @@ def pillow_png(depth: np.ndarray, low: float, high: float) -> bytes:
     return buffer.getvalue()
 
 
+def png_header(title: str) -> None:
+    """The column heads of :func:`compare_pngs`'s lines."""
+    print(
+        f"\n{title:<24} {'Pillow ms':>9} {'ours ms':>9} {'ratio':>6}"
+        f" {'Pillow MB':>9} {'ours MB':>9} {'same decoded':>12}"
+    )
+
+
+def compare_pngs(
+    case: str, sides: Mapping[str, Callable[[], bytes]], rounds: int, repeats: int
+) -> dict[str, Any]:
+    """Time the ``pillow`` and ``ours`` PNG encoders interleaved; their sizes and whether both
+    decode to the same array. Prints a line."""
+    from PIL import Image
+
+    ms = interleaved_ms(sides, rounds, repeats)
+    encoded = {side: run() for side, run in sides.items()}
+    decoded = [np.asarray(Image.open(io.BytesIO(data))) for data in encoded.values()]
+    row = {
+        "case": case,
+        "pillow_ms": ms["pillow"],
+        "ours_ms": ms["ours"],
+        "pillow_mb": len(encoded["pillow"]) / 1e6,
+        "ours_mb": len(encoded["ours"]) / 1e6,
+        "same_decoded": bool(np.array_equal(*decoded)),
+    }
+    print(
+        f"{case:<24} {row['pillow_ms']:>9.1f} {row['ours_ms']:>9.1f}"
+        f" {row['pillow_ms'] / row['ours_ms']:>5.2f}x {row['pillow_mb']:>9.2f}"
+        f" {row['ours_mb']:>9.2f} {row['same_decoded']!s:>12}"
+    )
+    return row
+
+
 def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
     """Depth maps as the API's 16-bit PNG: Pillow (before) against ``maps.depth_to_png``."""
     import base64
 
-    from PIL import Image
-
     from engines.families.depth_anything.maps import depth_to_png
 
     rows = []
-    print(
-        f"\n{'depth map as 16-bit PNG':<24} {'Pillow ms':>9} {'ours ms':>9} {'ratio':>6}"
-        f" {'Pillow MB':>9} {'ours MB':>9} {'same levels':>11}"
-    )
+    png_header("depth map as 16-bit PNG")
     for name, depth in depth_maps().items():
         low, high = float(depth.min()), float(depth.max())
-        sides: dict[str, Callable[[], Any]] = {
+        sides: dict[str, Callable[[], bytes]] = {
             "pillow": partial(pillow_png, depth, low, high),
             "ours": lambda d=depth, lo=low, hi=high: base64.b64decode(depth_to_png(d, lo, hi)),
         }
-        turns = max(1, repeats // 8) if depth.size > 10**6 else repeats
-        ms = interleaved_ms(sides, max(2, rounds // 2) if depth.size > 10**6 else rounds, turns)
-        encoded = {side: run() for side, run in sides.items()}
-        decoded = [np.asarray(Image.open(io.BytesIO(data))) for data in encoded.values()]
-        row = {
-            "map": name,
-            "pillow_ms": ms["pillow"],
-            "ours_ms": ms["ours"],
-            "pillow_mb": len(encoded["pillow"]) / 1e6,
-            "ours_mb": len(encoded["ours"]) / 1e6,
-            "same_levels": bool(np.array_equal(*decoded)),
-        }
-        rows.append(row)
-        print(
-            f"{name:<24} {row['pillow_ms']:>9.1f} {row['ours_ms']:>9.1f}"
-            f" {row['pillow_ms'] / row['ours_ms']:>5.2f}x {row['pillow_mb']:>9.2f}"
-            f" {row['ours_mb']:>9.2f} {row['same_levels']!s:>11}"
-        )
+        large = depth.size > 10**6  # fewer calls: ~0.3-1 s each
+        turns = max(1, repeats // 8) if large else repeats
+        rows.append(compare_pngs(name, sides, max(2, rounds // 2) if large else rounds, turns))
     return rows
 
 
@@ -187,10 +201,7 @@ def visualization_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
 
     scene = depth_maps()["scene 427x640"]
     rows = []
-    print(
-        f"\n{'visualization as PNG':<24} {'Pillow ms':>9} {'ours ms':>9} {'ratio':>6}"
-        f" {'Pillow MB':>9} {'ours MB':>9} {'same pixels':>11}"
-    )
+    png_header("visualization as PNG")
     for path in harness.PHOTOS:
         photo = Image.open(path).convert("RGB")
         depth = cv2.resize(scene, photo.size, interpolation=cv2.INTER_CUBIC)
@@ -201,28 +212,12 @@ def visualization_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
             image.save(buffer, format="PNG", compress_level=1)
             return buffer.getvalue()
 
-        sides: dict[str, Callable[[], Any]] = {
+        sides: dict[str, Callable[[], bytes]] = {
             "pillow": pillow,
             "ours": lambda image=panel: base64.b64decode(visualize.encode_png(image)),
         }
-        ms = interleaved_ms(sides, rounds, repeats)
-        encoded = {side: run() for side, run in sides.items()}
-        decoded = [np.asarray(Image.open(io.BytesIO(data))) for data in encoded.values()]
         name = f"{path.name} {panel.width}x{panel.height}"
-        row = {
-            "panel": name,
-            "pillow_ms": ms["pillow"],
-            "ours_ms": ms["ours"],
-            "pillow_mb": len(encoded["pillow"]) / 1e6,
-            "ours_mb": len(encoded["ours"]) / 1e6,
-            "same_pixels": bool(np.array_equal(*decoded)),
-        }
-        rows.append(row)
-        print(
-            f"{name:<24} {row['pillow_ms']:>9.1f} {row['ours_ms']:>9.1f}"
-            f" {row['pillow_ms'] / row['ours_ms']:>5.2f}x {row['pillow_mb']:>9.2f}"
-            f" {row['ours_mb']:>9.2f} {row['same_pixels']!s:>11}"
-        )
+        rows.append(compare_pngs(name, sides, rounds, repeats))
     return rows
 
 

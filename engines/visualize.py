@@ -81,7 +81,7 @@ def encode_png(image: Image.Image) -> str:
     """Base64 (ASCII) of ``image`` as an RGB PNG.
 
     zlib level 1 (a 902x300 visualization 13 instead of 54 ms at Pillow's default level 6, for
-    10 % more bytes), every row filtered Up, by OpenCV: the test photos' depth panels 1.35-1.56x
+    10 % more bytes), every row filtered Up, by OpenCV: the test photos' depth panels 1.35-1.6x
     faster than Pillow at the same level, which lets libpng choose a filter per row, for up to
     4 % more bytes, the same pixels (``benchmarks/bench_preprocessing.py``, 2-core CPU).
     """

@@ -42,8 +42,8 @@ def depth_to_png(depth: np.ndarray, low: float, high: float) -> str:
     Decode with ``low + value / 65535 * (high - low)``. OpenCV's encoder at zlib level 1 with
     every row filtered ``Up`` (the difference to the row above; a map resized up to the photo
     is smooth down its columns) instead of Pillow's at the same level, which lets libpng choose
-    a filter per row: a 12 MP map 1.5-1.9x faster (a synthetic scene 593 -> 388 ms, a noisier
-    map 1132 -> 652 ms), a 640x427 one 1.2-1.5x, 2-4 % fewer bytes, the same levels
+    a filter per row: a 12 MP map 1.5-2x faster (a synthetic scene 723 -> 352 ms, a noisier
+    map 1168 -> 654 ms), a 640x427 one 1.2-1.5x, 2-4 % fewer bytes, the same levels
     (``benchmarks/bench_preprocessing.py``, 2-core CPU). Level 1 rather than the default 6:
     4x faster for 2.5 % more bytes.
     """
