@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from engines.errors import InvalidInputError
+from engines.images import png_base64
 
 MaskFormat = Literal["dense", "rle", "polygon", "png"]
 FORMATS: tuple[MaskFormat, ...] = get_args(MaskFormat)
@@ -76,12 +77,7 @@ def mask_to_polygons(mask: np.ndarray, epsilon_px: float = POLYGON_EPSILON_PX) -
 
 def mask_to_png(mask: np.ndarray) -> str:
     """Base64 of a single-channel 8-bit PNG holding the mask as 0/255."""
-    import cv2
-
-    ok, buffer = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    if not ok:  # pragma: no cover - OpenCV encodes any 2-D uint8 array
-        raise RuntimeError("PNG encoding of a mask failed")
-    return base64.b64encode(buffer.tobytes()).decode("ascii")
+    return png_base64(mask.astype(np.uint8) * 255)
 
 
 def decode_mask(encoded: Any, fmt: str, height: int, width: int) -> np.ndarray:

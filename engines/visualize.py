@@ -10,15 +10,14 @@ by side); :func:`encode_png` turns it into the base64 string a response carries.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# zlib level 1, every row filtered Up (see encode_png)
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+from engines.images import png_base64
+
 # Distinct, saturated colours (Tableau 10 and a few more), one per instance or prompt.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180),
@@ -85,11 +84,8 @@ def encode_png(image: Image.Image) -> str:
     faster than Pillow at the same level, which lets libpng choose a filter per row, for up to
     4 % more bytes, the same pixels (``benchmarks/bench_preprocessing.py``, 2-core CPU).
     """
-    pixels = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", pixels, _PNG_PARAMS)
-    if not ok:  # OpenCV encodes any RGB image; a failure is a bug, not bad input
-        raise RuntimeError(f"OpenCV could not encode a {image.size} visualization as PNG")
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
+    bgr = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+    return png_base64(bgr, up_filter=True)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engines.images import png_base64
+
 PNG_LEVELS = 65535
 _CV2_MODES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
-# zlib level 1, every row filtered Up (see depth_to_png)
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 # float64 values per block in png_levels: 512 KiB, within a core's L2 cache
 _LEVEL_BLOCK_VALUES = 1 << 16
 
@@ -47,10 +47,7 @@ def depth_to_png(depth: np.ndarray, low: float, high: float) -> str:
     (``benchmarks/bench_preprocessing.py``, 2-core CPU). Level 1 rather than the default 6:
     4x faster for 2.5 % more bytes.
     """
-    ok, encoded = cv2.imencode(".png", png_levels(depth, low, high), _PNG_PARAMS)
-    if not ok:  # OpenCV encodes any 2-D uint16 array; a failure is a bug, not bad input
-        raise RuntimeError(f"OpenCV could not encode a {depth.shape} depth map as PNG")
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
+    return png_base64(png_levels(depth, low, high), up_filter=True)
 
 
 def png_levels(depth: np.ndarray, low: float, high: float) -> np.ndarray:
