@@ -170,7 +170,7 @@ def compare_pngs(
     return row
 
 
-def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
+def depth_pngs(maps: dict[str, np.ndarray], rounds: int, repeats: int) -> list[dict[str, Any]]:
     """Depth maps as the API's 16-bit PNG: Pillow (before) against ``maps.depth_to_png``."""
     import base64
 
@@ -178,7 +178,7 @@ def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
 
     rows = []
     png_header("depth map as 16-bit PNG")
-    for name, depth in depth_maps().items():
+    for name, depth in maps.items():
         low, high = float(depth.min()), float(depth.max())
         sides: dict[str, Callable[[], bytes]] = {
             "pillow": partial(pillow_png, depth, low, high),
@@ -190,8 +190,9 @@ def depth_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def visualization_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
-    """Depth panels of the test photos as PNG: Pillow at level 1 against ``encode_png``."""
+def visualization_pngs(scene: np.ndarray, rounds: int, repeats: int) -> list[dict[str, Any]]:
+    """Depth panels of the test photos (``scene`` resized to each) as PNG: Pillow at level 1
+    against ``encode_png``."""
     import base64
 
     import cv2
@@ -199,7 +200,6 @@ def visualization_pngs(rounds: int, repeats: int) -> list[dict[str, Any]]:
 
     from engines import visualize
 
-    scene = depth_maps()["scene 427x640"]
     rows = []
     png_header("visualization as PNG")
     for path in harness.PHOTOS:
@@ -292,8 +292,9 @@ def main() -> None:
                 f" {row['max_grey_levels']:>9.3f}"
             )
     resize_rows = depth_resizes(args.rounds, max(1, args.repeats // 4))
-    png_rows = depth_pngs(args.rounds, args.repeats)
-    visualization_rows = visualization_pngs(args.rounds, args.repeats)
+    maps = depth_maps()
+    png_rows = depth_pngs(maps, args.rounds, args.repeats)
+    visualization_rows = visualization_pngs(maps["scene 427x640"], args.rounds, args.repeats)
     cosines: list[float] = []
     if not args.no_embedding:
         torch.set_num_threads(threads)
